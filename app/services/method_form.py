@@ -1,0 +1,258 @@
+"""Describe every tuner method's config as form fields, parse the form back, count trainable params.
+
+The method step is generic: it reads ``tuners.METHODS[...].config_cls`` (a dataclass whose fields
+carry ``metadata["help"]``), so a method added to the core appears in the studio with its fields,
+defaults and help without touching the UI. Values come back from the browser as strings/numbers/
+bools and are parsed here, at the edge, into a validated config; errors name the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import tuners
+from tuners.config import AdapterConfig, ConfigError
+
+# Set by the studio from the chosen model and data, never typed by a person.
+HIDDEN_FIELDS = frozenset({"task_type", "base_model_name_or_path", "modules_to_save"})
+# Shown folded under "Advanced" whatever their kind.
+ADVANCED_FIELDS = frozenset({"exclude_modules", "fan_in_fan_out", "init_lora_weights", "layers_to_transform",
+                             "layers_pattern", "rank_pattern", "alpha_pattern"})
+
+KINDS = ("int", "float", "bool", "text", "modules", "json")
+
+# Fields of the shared AdapterConfig base carry no help of their own.
+BASE_HELP = {
+    "target_modules": "Layers to adapt: names (q_proj, v_proj), 'attention', 'all-linear' or a regex; "
+    "empty = the method's default for this architecture.",
+    "exclude_modules": "Layers to leave alone even if they match: names or a regex.",
+}
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    kind: str
+    default: Any
+    help: str
+    optional: bool
+    advanced: bool
+    choices: tuple[Any, ...] | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name.replace("_", " ")
+
+    def form_default(self) -> Any:
+        """The default as the form widget shows it (text boxes hold text)."""
+        if self.kind == "modules":
+            return modules_to_text(self.default)
+        if self.kind == "json":
+            return "" if self.default is None else json.dumps(self.default)
+        if self.kind in ("text", "int", "float") and self.default is None:
+            return None if self.kind != "text" else ""
+        return self.default
+
+
+@dataclass(frozen=True)
+class MethodForm:
+    peft_type: str
+    name: str
+    family: str
+    summary: str
+    fields: tuple[FieldSpec, ...]
+
+    def field(self, name: str) -> FieldSpec:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+
+def _kind(type_text: str) -> tuple[str, bool]:
+    parts = [p.strip() for p in str(type_text).replace("typing.", "").split("|")]
+    optional = "None" in parts
+    parts = [p for p in parts if p != "None"]
+    if any(p.startswith("list[str]") for p in parts) and "str" in parts:
+        return "modules", optional
+    if len(parts) == 1:
+        base = parts[0]
+        if base in ("int", "float", "bool"):
+            return base, optional
+        if base == "str":
+            return "text", optional
+    return "json", optional
+
+
+@functools.cache
+def suggested_targets(peft_type: str) -> str | None:
+    """'attention' for methods that need target modules named (LoRA and kin), else None.
+
+    Probed once per method on a two-layer Llama built on the meta device: if the method refuses an
+    empty ``target_modules`` but accepts ``attention``, the form starts with ``attention`` (peft's
+    usual default of q/v-style projections) so a new user can go straight on.
+    """
+    import transformers
+
+    cfg = transformers.LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=2, vocab_size=64)
+    config_cls = tuners.method_for(peft_type).config_cls
+
+    def works(targets: str | None) -> bool:
+        try:
+            config = config_cls(task_type="CAUSAL_LM", target_modules=targets).for_run(100)
+            config.validate()
+            tuners.apply(meta_model(cfg), config)
+        except Exception:
+            return False
+        return True
+
+    return "attention" if not works(None) and works("attention") else None
+
+
+def describe_method(peft_type: str) -> MethodForm:
+    method = tuners.method_for(peft_type)
+    specs = []
+    for f in dataclasses.fields(method.config_cls):
+        if f.name in HIDDEN_FIELDS or not f.init:
+            continue
+        kind, optional = _kind(f.type)
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        if f.name == "target_modules" and default is None:
+            default = suggested_targets(peft_type)
+        if default is None:
+            optional = True
+        choices = f.metadata.get("choices")
+        specs.append(
+            FieldSpec(
+                name=f.name,
+                kind=kind,
+                default=default,
+                help=f.metadata.get("help", "") or BASE_HELP.get(f.name, ""),
+                optional=optional,
+                advanced=f.name in ADVANCED_FIELDS or kind == "json",
+                choices=tuple(choices) if choices else None,
+            )
+        )
+    return MethodForm(
+        peft_type=method.peft_type,
+        name=method.name,
+        family=method.family,
+        summary=method.summary,
+        fields=tuple(specs),
+    )
+
+
+def all_method_forms() -> list[MethodForm]:
+    """Every method of the core, in catalogue order (LoRA first where present)."""
+    return [describe_method(t) for t in tuners.METHODS]
+
+
+def method_choices() -> list[tuple[str, str]]:
+    """(label, peft_type) pairs for a dropdown."""
+    out = []
+    for t, m in tuners.METHODS.items():
+        out.append((f"{m.name} ({m.family})" if m.family else m.name, t))
+    return out
+
+
+def modules_to_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return ", ".join(value)
+
+
+def parse_value(spec: FieldSpec, raw: Any) -> Any:
+    """One form value to the config's type; raises ConfigError naming the field."""
+    name = spec.name
+    if raw is None or (isinstance(raw, str) and raw.strip() == ""):
+        if spec.optional:
+            return None
+        if spec.kind in ("text",):
+            return ""
+        raise ConfigError(f"{name}: a value is required")
+    try:
+        if spec.kind == "int":
+            number = float(raw)
+            if number != int(number):
+                raise ValueError
+            return int(number)
+        if spec.kind == "float":
+            return float(raw)
+        if spec.kind == "bool":
+            if isinstance(raw, str):
+                return raw.strip().lower() in ("1", "true", "yes", "on")
+            return bool(raw)
+        if spec.kind == "text":
+            return str(raw)
+        if spec.kind == "modules":
+            text = str(raw).strip()
+            if "," in text or " " in text:
+                return [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
+            return text
+        return json.loads(raw) if isinstance(raw, str) else raw
+    except (TypeError, ValueError) as exc:
+        expected = {"int": "a whole number", "float": "a number", "json": "JSON (e.g. {} or [1, 2])"}
+        raise ConfigError(f"{name}: expected {expected.get(spec.kind, spec.kind)}, got {raw!r}") from exc
+
+
+def build_config(peft_type: str, values: dict[str, Any], task_type: str | None = "CAUSAL_LM") -> AdapterConfig:
+    """The validated config for the form's values (missing names keep their defaults)."""
+    form = describe_method(peft_type)
+    kwargs: dict[str, Any] = {}
+    for spec in form.fields:
+        if spec.name in values:
+            kwargs[spec.name] = parse_value(spec, values[spec.name])
+    config_cls = tuners.method_for(peft_type).config_cls
+    try:
+        config = config_cls(task_type=task_type, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{peft_type}: {exc}") from exc
+    config.validate()
+    return config
+
+
+def config_values(config: AdapterConfig) -> dict[str, Any]:
+    """The config's fields as plain values (for a RunSpec's ``method`` section)."""
+    form = describe_method(config.peft_type)
+    return {f.name: getattr(config, f.name) for f in form.fields}
+
+
+def meta_model(model_config: Any, task_type: str = "CAUSAL_LM"):
+    """The model built on the meta device: its structure and parameter shapes, no memory, no weights."""
+    import copy
+
+    import torch
+    import transformers
+
+    classes = {
+        "CAUSAL_LM": transformers.AutoModelForCausalLM,
+        "SEQ_CLS": transformers.AutoModelForSequenceClassification,
+        "SEQ_2_SEQ_LM": transformers.AutoModelForSeq2SeqLM,
+        "TOKEN_CLS": transformers.AutoModelForTokenClassification,
+        "QUESTION_ANS": transformers.AutoModelForQuestionAnswering,
+        "FEATURE_EXTRACTION": transformers.AutoModel,
+    }
+    cls = classes.get(task_type, transformers.AutoModel)
+    model_config = copy.deepcopy(model_config)
+    with torch.device("meta"):
+        model = cls.from_config(model_config)
+    return model
+
+
+def count_trainable(model_config: Any, config: AdapterConfig) -> tuple[int, int]:
+    """(trainable, total) for ``config`` applied to a meta-device copy of the model."""
+    model = meta_model(model_config, config.task_type or "CAUSAL_LM")
+    tuned = tuners.apply(model, config.for_run(100))
+    return tuned.trainable_parameters()

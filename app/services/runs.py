@@ -1,0 +1,213 @@
+"""Runs as the UI and the CLI see them: create (and queue), list, inspect, follow, cancel, delete.
+
+Readers return plain frozen views (no live ORM objects), so callers never touch a session. Reading
+also reaps runs whose worker vanished, so a poller always sees a dead run as ``failed``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select
+
+from app.registry.lifecycle import finish_run, reap_lost_runs, request_cancel
+from app.registry.models import ACTIVE_STATUSES, Artifact, Dataset, LogLine, MetricPoint, Run
+from app.registry.spec import RunSpec, SpecError
+from app.services.context import TRAIN_QUEUE, TRAIN_TASK, Context
+
+
+class RunNotFound(LookupError):
+    def __init__(self, run_id: int) -> None:
+        super().__init__(f"no run with id {run_id}")
+
+
+class RunActive(RuntimeError):
+    """The run is queued or training; cancel it first."""
+
+
+@dataclass(frozen=True)
+class RunView:
+    id: int
+    name: str
+    status: str
+    model: str
+    method: str
+    spec: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    worker_host: str | None
+    error: str | None
+    step: int
+    total_steps: int | None
+    adapter_path: str | None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class MetricView:
+    step: int
+    epoch: float
+    split: str
+    loss: float | None
+    learning_rate: float | None
+    tokens_per_second: float | None
+    grad_norm: float | None
+    accuracy: float | None
+
+
+def create_run(ctx: Context, spec: RunSpec | dict[str, Any] | str) -> int:
+    """Validate the spec, record the run as ``queued`` and send "start run N" to the workers."""
+    if isinstance(spec, str):
+        spec = RunSpec.from_yaml(spec)
+    elif isinstance(spec, dict):
+        spec = RunSpec.from_dict(spec)
+    else:
+        spec.validate()
+    with ctx.session() as s:
+        _check_dataset_reference(s, spec.data.dataset, "data.dataset")
+        if spec.data.validation is not None:
+            _check_dataset_reference(s, spec.data.validation, "data.validation")
+        run = Run(
+            name=spec.name, status="queued", spec=spec.to_dict(), model=spec.model.name,
+            method=str(spec.method["peft_type"]), step=0,
+        )
+        s.add(run)
+        s.commit()
+        run_id = run.id
+    try:
+        ctx.celery.send_task(TRAIN_TASK, args=[run_id], queue=TRAIN_QUEUE)
+    except Exception as exc:
+        with ctx.session() as s:
+            finish_run(s, run_id, "failed", f"could not queue the run on the broker: {exc}")
+        raise
+    return run_id
+
+
+def _check_dataset_reference(session, ref: str | int, path: str) -> None:
+    dataset_id = dataset_id_of(ref)
+    if dataset_id is not None and session.get(Dataset, dataset_id) is None:
+        raise SpecError(path, f"no registered dataset with id {dataset_id}")
+
+
+def dataset_id_of(ref: str | int) -> int | None:
+    """A registered dataset is referenced as ``3`` or ``"dataset:3"``; anything else is a file or bundled name."""
+    if isinstance(ref, int):
+        return ref
+    text = str(ref).strip()
+    if text.startswith("dataset:"):
+        text = text[len("dataset:"):]
+    return int(text) if text.isdigit() else None
+
+
+def list_runs(ctx: Context, status: str | list[str] | None = None, limit: int = 200) -> list[RunView]:
+    """Newest first; ``status`` filters to one status or a list of them."""
+    with ctx.session() as s:
+        reap_lost_runs(s, ctx.settings.worker_lost_seconds)
+        query = select(Run).order_by(Run.id.desc()).limit(limit)
+        if status:
+            query = query.where(Run.status.in_([status] if isinstance(status, str) else status))
+        runs = list(s.scalars(query))
+        adapters = _adapter_paths(s, [r.id for r in runs])
+        return [_view(r, adapters.get(r.id)) for r in runs]
+
+
+def get_run(ctx: Context, run_id: int) -> RunView:
+    with ctx.session() as s:
+        reap_lost_runs(s, ctx.settings.worker_lost_seconds)
+        run = s.get(Run, run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        return _view(run, _adapter_paths(s, [run_id]).get(run_id))
+
+
+def get_spec(ctx: Context, run_id: int) -> RunSpec:
+    return RunSpec.from_dict(get_run(ctx, run_id).spec)
+
+
+def revision(ctx: Context, run_id: int) -> tuple:
+    """A cheap fingerprint of everything a run view shows; it changes whenever the run writes anything.
+
+    Pollers compare it before reading the metric history, so an idle view costs three small queries.
+    """
+    with ctx.session() as s:
+        reap_lost_runs(s, ctx.settings.worker_lost_seconds)
+        row = s.execute(select(Run.status, Run.step).where(Run.id == run_id)).first()
+        if row is None:
+            raise RunNotFound(run_id)
+        points = s.scalar(select(func.count()).select_from(MetricPoint).where(MetricPoint.run_id == run_id))
+        last_log = s.scalar(select(func.max(LogLine.id)).where(LogLine.run_id == run_id))
+    return (row.status, row.step, points, last_log)
+
+
+def metrics(ctx: Context, run_id: int, since_step: int | None = None) -> list[MetricView]:
+    """Metric points in the order written; ``since_step`` keeps only points after that step."""
+    with ctx.session() as s:
+        query = select(MetricPoint).where(MetricPoint.run_id == run_id).order_by(MetricPoint.id)
+        if since_step is not None:
+            query = query.where(MetricPoint.step > since_step)
+        return [
+            MetricView(p.step, p.epoch, p.split, p.loss, p.learning_rate, p.tokens_per_second, p.grad_norm, p.accuracy)
+            for p in s.scalars(query)
+        ]
+
+
+def logs(ctx: Context, run_id: int, tail: int = 200) -> list[str]:
+    """The last ``tail`` log lines of a run, oldest first, as ``HH:MM:SS level message``."""
+    with ctx.session() as s:
+        rows = list(
+            s.scalars(select(LogLine).where(LogLine.run_id == run_id).order_by(LogLine.id.desc()).limit(tail))
+        )
+    return [f"{r.created_at:%H:%M:%S} {r.level:<5} {r.message}" for r in reversed(rows)]
+
+
+def cancel_run(ctx: Context, run_id: int) -> str:
+    """Ask a run to stop; returns its status afterwards (``cancelled`` at once if it never started)."""
+    with ctx.session() as s:
+        status = request_cancel(s, run_id)
+    if status is None:
+        raise RunNotFound(run_id)
+    return status
+
+
+def delete_run(ctx: Context, run_id: int) -> None:
+    """Remove a finished run, its metric points, logs and artifact files."""
+    with ctx.session() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        if run.status in ACTIVE_STATUSES:
+            raise RunActive(f"run {run_id} is {run.status}; cancel it and wait for it to stop before deleting")
+        s.execute(delete(MetricPoint).where(MetricPoint.run_id == run_id))
+        s.execute(delete(LogLine).where(LogLine.run_id == run_id))
+        s.execute(delete(Artifact).where(Artifact.run_id == run_id))
+        s.delete(run)
+        s.commit()
+    shutil.rmtree(ctx.settings.run_dir(run_id), ignore_errors=True)
+    for exported in ctx.settings.exports_dir.glob(f"run-{run_id}-*.zip"):
+        exported.unlink(missing_ok=True)
+
+
+def _adapter_paths(session, run_ids: list[int]) -> dict[int, str]:
+    if not run_ids:
+        return {}
+    rows = session.execute(
+        select(Artifact.run_id, Artifact.path).where(Artifact.run_id.in_(run_ids), Artifact.kind == "adapter")
+    )
+    return {run_id: path for run_id, path in rows}
+
+
+def _view(run: Run, adapter_path: str | None) -> RunView:
+    return RunView(
+        id=run.id, name=run.name, status=run.status, model=run.model, method=run.method, spec=dict(run.spec),
+        created_at=run.created_at, started_at=run.started_at, finished_at=run.finished_at,
+        heartbeat_at=run.heartbeat_at, worker_host=run.worker_host, error=run.error, step=run.step,
+        total_steps=run.total_steps, adapter_path=adapter_path,
+    )

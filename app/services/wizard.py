@@ -1,0 +1,87 @@
+"""Turn the wizard's choices into a RunSpec (the same object `tunestudio train spec.yaml` reads).
+
+The UI collects plain values; this module owns the rules: which task a shape implies, what the
+presets are, how the quantization choice maps onto the spec's precision fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.registry.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
+from app.services.method_form import build_config, config_values
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"epochs": 1.0, "learning_rate": 3e-4, "batch_size": 4, "max_steps": 30, "eval_every": 10},
+    "balanced": {"epochs": 2.0, "learning_rate": 2e-4, "batch_size": 8, "max_steps": 0, "eval_every": 50},
+    "thorough": {"epochs": 4.0, "learning_rate": 1e-4, "batch_size": 8, "max_steps": 0, "eval_every": 100},
+}
+
+# UI compute precision -> training.bf16
+PRECISION_TO_BF16: dict[str, bool | str] = {"auto": "auto", "bf16": True, "fp32": False}
+# UI quantization choice -> (spec precision, double_quant)
+QUANT_TO_SPEC = {"none": ("full", False), "int8": ("int8", False), "nf4": ("nf4", False), "nf4-dq": ("nf4", True)}
+
+
+def task_for(shape: str | None, model_tasks: tuple[str, ...] | list[str] = ()) -> str:
+    """Classification data trains a SEQ_CLS head; everything else trains the model's generative task."""
+    if shape == "classification":
+        return "SEQ_CLS"
+    if model_tasks and "CAUSAL_LM" not in model_tasks and "SEQ_2_SEQ_LM" in model_tasks:
+        return "SEQ_2_SEQ_LM"
+    return "CAUSAL_LM"
+
+
+@dataclass
+class WizardChoices:
+    name: str
+    model: str
+    dataset: str
+    peft_type: str
+    method_values: dict[str, Any]
+    shape: str = "auto"
+    mapping: dict[str, str] = field(default_factory=dict)
+    model_tasks: tuple[str, ...] = ()
+    trust_remote_code: bool = False
+    precision: str = "auto"
+    quantization: str = "none"
+    val_fraction: float = 0.1
+    max_length: int = 512
+    epochs: float = 1.0
+    learning_rate: float = 2e-4
+    batch_size: int = 8
+    max_steps: int = 0
+    grad_accum: int = 1
+    warmup_steps: int = 0
+    scheduler: str = "linear"
+    weight_decay: float = 0.0
+    eval_every: int = 50
+    checkpoint_every: int = 0
+    seed: int = 42
+
+
+def build_spec(c: WizardChoices) -> RunSpec:
+    """The validated spec; raises SpecError / ConfigError naming the field."""
+    task = task_for(c.shape, c.model_tasks)
+    adapter = build_config(c.peft_type, c.method_values, task_type=task)
+    method = {"peft_type": adapter.peft_type, **config_values(adapter)}
+    precision, double_quant = QUANT_TO_SPEC.get(c.quantization, ("full", False))
+    spec = RunSpec(
+        name=(c.name or "").strip() or f"{c.peft_type.lower()}-{c.model.rsplit('/', 1)[-1]}",
+        model=ModelSpec(name=c.model.strip(), task=task, trust_remote_code=bool(c.trust_remote_code),
+                        precision=precision, double_quant=double_quant),
+        data=DataSpec(dataset=str(c.dataset), shape=c.shape or "auto",
+                      mapping={k: v for k, v in (c.mapping or {}).items() if v},
+                      max_length=int(c.max_length), val_fraction=float(c.val_fraction)),
+        method=method,
+        training=TrainingSpec(
+            epochs=float(c.epochs), max_steps=int(c.max_steps) or None, batch_size=int(c.batch_size),
+            grad_accum=int(c.grad_accum), learning_rate=float(c.learning_rate),
+            weight_decay=float(c.weight_decay), warmup_steps=int(c.warmup_steps), scheduler=c.scheduler,
+            eval_every=int(c.eval_every), checkpoint_every=int(c.checkpoint_every), seed=int(c.seed),
+            bf16=PRECISION_TO_BF16.get(c.precision, "auto"),
+        ),
+    )
+    spec.validate()
+    return spec

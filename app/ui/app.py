@@ -1,0 +1,280 @@
+"""The studio page: a four-step wizard, the run view, the runs table and the playground.
+
+This module only lays the tabs out and wires events; each step/tab lives in its own module and
+every callback calls into ``app.services``. State lives in the registry, not in the page.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from app.services import playground as playground_service
+from app.services import runs
+from app.services.context import Context
+from app.services.data_preview import preview
+from app.services.wizard import WizardChoices, build_spec, task_for
+from app.ui import labels
+from app.ui.labels import t
+from app.ui.steps import data as data_step
+from app.ui.steps import method as method_step
+from app.ui.steps import model as model_step
+from app.ui.steps import train as train_step
+from app.ui.tabs import playground as playground_tab
+from app.ui.tabs import run_view
+from app.ui.tabs import runs as runs_tab
+
+
+def build_app(ctx: Context) -> gr.Blocks:
+    pg = playground_service.Playground(ctx)
+    # delete_cache: Gradio's copies of uploads and outputs older than a day go, checked hourly.
+    with gr.Blocks(title=t("title"), analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
+        with gr.Column(elem_classes="ts-header"):
+            gr.Markdown(f"# {t('title')}\n{t('tagline')}")
+        with gr.Tabs(selected="new") as tabs:
+            with gr.Tab(t("tab.new"), id="new"), gr.Walkthrough(selected=0) as wizard:
+                with gr.Step(t("step.model"), id=0):
+                    ms = model_step.build()
+                with gr.Step(t("step.data"), id=1):
+                    ds = data_step.build()
+                with gr.Step(t("step.method"), id=2):
+                    me = method_step.build()
+                with gr.Step(t("step.train"), id=3):
+                    ts = train_step.build()
+            with gr.Tab(t("tab.run"), id="run"):
+                rv = run_view.build(ctx)
+            with gr.Tab(t("tab.runs"), id="runs") as runs_tab_item:
+                rt = runs_tab.build()
+            with gr.Tab(t("tab.playground"), id="playground") as play_tab_item:
+                pt = playground_tab.build()
+
+        _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv)
+        _wire_run_view(ctx, demo, tabs, rv)
+        _wire_runs(ctx, demo, tabs, rt, rv, runs_tab_item)
+        _wire_playground(ctx, demo, pt, pg, play_tab_item)
+    return demo
+
+
+def _go(step: int):
+    return lambda: gr.Walkthrough(selected=step)
+
+
+def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv) -> None:
+    models_dir = ctx.settings.models_dir
+    method_inputs = [me.choice, *me.inputs]
+
+    def task_of(info, shape):
+        return task_for(shape, info.tasks if info is not None else ())
+
+    def check(bundled, custom, trust):
+        return model_step.check_model(bundled, custom, trust, models_dir)
+
+    def count(info, shape, peft_type, *values):
+        return method_step.count_text(info, peft_type, method_step.values_for(me, peft_type, values),
+                                      task_of(info, shape))
+
+    estimate_inputs = [ms.state, me.trainable, ms.precision, ms.quantization, ms.batch, ms.seq_len]
+    count_event = dict(fn=count, inputs=[ms.state, ds.shape, *method_inputs], outputs=[me.trainable, me.count])
+
+    checked = ms.check.click(check, [ms.bundled, ms.custom, ms.trust], [ms.state, ms.info])
+    checked.then(**count_event).then(model_step.estimate_rows, estimate_inputs, ms.estimate)
+    for comp in (ms.precision, ms.quantization, ms.batch, ms.seq_len):
+        comp.change(model_step.estimate_rows, estimate_inputs, ms.estimate)
+
+    def next_from_model(info, bundled, custom, trust):
+        if info is None:
+            info, _ = check(bundled, custom, trust)
+        return info
+
+    ms.next.click(next_from_model, [ms.state, ms.bundled, ms.custom, ms.trust], ms.state).then(
+        lambda info: info.markdown() if info is not None else gr.skip(), ms.state, ms.info
+    ).then(_go(1), None, wizard)
+
+    # data step
+    def show(ref, info, shape, max_length, val_fraction, *role_values, user_mapping=False):
+        if not ref:
+            return data_step.render_preview(None)
+        mapping = None
+        if user_mapping and shape:
+            from app.services.data_preview import roles_for
+
+            mapping = data_step.mapping_from(roles_for(shape), role_values)
+        try:
+            prev = preview(ctx, ref, shape=shape if user_mapping else None, mapping=mapping,
+                           tokenizer=getattr(info, "tokenizer", None), max_length=int(max_length or 512))
+        except Exception as exc:
+            return data_step.render_preview(None, data_step.error_box(str(exc)))
+        return data_step.render_preview(prev, val_fraction=val_fraction)
+
+    preview_outputs = [ds.status, ds.shape, *ds.roles, ds.preview, ds.stats, ds.histogram]
+    preview_inputs = [ds.ref, ms.state, ds.shape, ds.max_length, ds.val_fraction, *ds.roles]
+
+    def on_upload(path):
+        import os
+
+        return data_step.register(ctx, path, os.path.basename(path) if path else None)
+
+    ds.upload.upload(on_upload, ds.upload, [ds.ref, ds.status]).then(
+        lambda ref, *rest: show(ref, *rest) if ref else [gr.skip()] * len(preview_outputs),
+        preview_inputs, preview_outputs,
+    )
+    ds.bundled.input(lambda name: data_step.register_demo(ctx, name), ds.bundled, [ds.ref, ds.status]).then(
+        lambda ref, *rest: show(ref, *rest) if ref else [gr.skip()] * len(preview_outputs),
+        preview_inputs, preview_outputs,
+    )
+    def reshape(ref, info, shape, max_length, val_fraction):
+        if not ref:
+            return data_step.render_preview(None)
+        try:
+            prev = preview(ctx, ref, shape=shape, mapping=None, tokenizer=getattr(info, "tokenizer", None),
+                           max_length=int(max_length or 512))
+        except Exception as exc:
+            return data_step.render_preview(None, data_step.error_box(str(exc)))
+        return data_step.render_preview(prev, val_fraction=val_fraction)
+
+    ds.shape.input(reshape, [ds.ref, ms.state, ds.shape, ds.max_length, ds.val_fraction], preview_outputs)
+    ds.val_fraction.release(lambda *a: show(*a, user_mapping=True), preview_inputs, preview_outputs)
+
+    for role in ds.roles:
+        role.input(lambda *a: show(*a, user_mapping=True), preview_inputs, preview_outputs)
+
+    def next_from_data(ref):
+        if not ref:
+            return gr.Walkthrough(selected=1), data_step.error_box("Upload a file or pick a demo dataset first.")
+        return gr.Walkthrough(selected=2), gr.skip()
+
+    ds.back.click(_go(0), None, wizard)
+    ds.next.click(next_from_data, ds.ref, [wizard, ds.status]).then(**count_event)
+
+    # method step
+    me.choice.change(lambda pt: method_step.show_method(me, pt), me.choice,
+                     [*me.groups.values(), me.summary]).then(**count_event).then(
+        model_step.estimate_rows, estimate_inputs, ms.estimate)
+    for comp in me.inputs:
+        comp.change(**count_event)
+    me.back.click(_go(1), None, wizard)
+    me.next.click(_go(3), None, wizard)
+
+    # train step
+    ts.preset.change(train_step.apply_preset, ts.preset, ts.preset_outputs())
+    ts.back.click(_go(2), None, wizard)
+
+    submit_inputs = [ms.state, ms.bundled, ms.custom, ms.trust, ms.precision, ms.quantization, ds.ref, ds.shape,
+                     ds.val_fraction, ds.max_length, *ds.roles, *method_inputs, *ts.values()]
+    n_roles, n_method = len(ds.roles), len(method_inputs)
+
+    def spec_from(info, bundled, custom, trust, precision, quantization, ref, shape, val_fraction, max_length,
+                  *rest):
+        """The RunSpec for the wizard's current values (raises with a message naming the field)."""
+        from app.services.data_preview import roles_for
+
+        role_values = rest[:n_roles]
+        peft_type, *method_values = rest[n_roles:n_roles + n_method]
+        (name, epochs, lr, batch, max_steps, grad_accum, warmup, scheduler, weight_decay, eval_every,
+         checkpoint_every, seed) = rest[n_roles + n_method:]
+        if not ref:
+            raise ValueError("data: no dataset yet; go back to step 2 and upload a file or pick a demo")
+        return build_spec(WizardChoices(
+            name=name, model=model_step.chosen_ref(bundled, custom), dataset=ref, peft_type=peft_type,
+            method_values=method_step.values_for(me, peft_type, tuple(method_values)),
+            shape=shape or "auto", mapping=data_step.mapping_from(roles_for(shape), role_values) if shape
+            else {}, model_tasks=info.tasks if info is not None else (), trust_remote_code=trust,
+            precision=precision, quantization=quantization, val_fraction=val_fraction,
+            max_length=max_length or 512, epochs=epochs, learning_rate=lr, batch_size=batch,
+            max_steps=max_steps or 0, grad_accum=grad_accum, warmup_steps=warmup, scheduler=scheduler,
+            weight_decay=weight_decay, eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed,
+        ))
+
+    def review(*values):
+        try:
+            return spec_from(*values).to_yaml(), ""
+        except Exception as exc:
+            return gr.skip(), data_step.error_box(str(exc))
+
+    def submit(*values):
+        try:
+            run_id = runs.create_run(ctx, spec_from(*values))
+        except Exception as exc:
+            return gr.skip(), data_step.error_box(str(exc)), gr.skip(), gr.skip()
+        return (gr.Tabs(selected="run"), f"Run #{run_id} queued.",
+                gr.Dropdown(choices=run_view.run_choices(ctx), value=run_id), None)
+
+    me.next.click(review, submit_inputs, [ts.yaml, ts.message])
+    for comp in ts.values():
+        comp.change(review, submit_inputs, [ts.yaml, ts.message])
+
+    ts.submit.click(submit, submit_inputs, [tabs, ts.message, rv.picker, rv.seen]).then(
+        None, rv.picker, None, js=run_view.SET_URL_JS
+    )
+
+
+def _wire_run_view(ctx, demo, tabs, rv) -> None:
+    outputs = [rv.header, rv.progress, rv.chart, rv.log, rv.cancel, rv.download, rv.merge, rv.merged, rv.seen]
+
+    def on_load(request: gr.Request):
+        raw = (request.query_params.get("run") if request is not None else None) or ""
+        # Reopened without a link: show the run that is training, if any; else keep the wizard in front
+        # with the newest run ready in the run view.
+        active = run_view.active_run(ctx)
+        run_id = int(raw) if raw.isdigit() else active or run_view.latest_run(ctx)
+        choices = run_view.run_choices(ctx)
+        front = raw.isdigit() or active is not None
+        return gr.Dropdown(choices=choices, value=run_id), gr.Tabs(selected="run") if front else gr.skip()
+
+    demo.load(on_load, None, [rv.picker, tabs], api_visibility="private")
+    rv.picker.change(lambda rid: run_view.draw(ctx, rid, None), rv.picker, outputs).then(
+        None, rv.picker, None, js=run_view.SET_URL_JS
+    )
+    rv.refresh.click(lambda: gr.Dropdown(choices=run_view.run_choices(ctx)), None, rv.picker)
+    rv.timer.tick(lambda rid, seen: run_view.draw(ctx, rid, seen), [rv.picker, rv.seen], outputs,
+                  api_visibility="private", show_progress="hidden", queue=False)
+    rv.cancel.click(lambda rid: run_view.cancel(ctx, rid), rv.picker, rv.message)
+    rv.merge.click(lambda rid: run_view.prepare_merged(ctx, rid), rv.picker, [rv.message, rv.merge, rv.merged])
+
+
+def _wire_runs(ctx, demo, tabs, rt, rv, tab_item) -> None:
+    def refresh(status, text):
+        frame, choices = runs_tab.table_and_choices(ctx, status, text)
+        return frame, gr.Dropdown(choices=choices), gr.Dropdown(choices=choices)
+
+    refresh_outputs = [rt.table, rt.selected, rt.compare]
+    for ev in (rt.refresh.click, rt.status.change, rt.text.submit):
+        ev(refresh, [rt.status, rt.text], refresh_outputs)
+    demo.load(refresh, [rt.status, rt.text], refresh_outputs, api_visibility="private")
+    tab_item.select(refresh, [rt.status, rt.text], refresh_outputs, api_visibility="private")
+    rt.selected.change(lambda rid: runs_tab.detail(ctx, rid), rt.selected, [rt.config, rt.download_yaml])
+    rt.compare.change(lambda ids: _compare(ctx, ids), rt.compare, rt.chart)
+    rt.delete.click(lambda rid, ok: runs_tab.delete(ctx, rid, ok), [rt.selected, rt.confirm], rt.message).then(
+        refresh, [rt.status, rt.text], refresh_outputs)
+    rt.open_run.click(lambda rid: (gr.Tabs(selected="run"), gr.Dropdown(choices=run_view.run_choices(ctx),
+                                                                         value=rid)),
+                      rt.selected, [tabs, rv.picker])
+
+
+def _compare(ctx, ids):
+    from app.services import monitor
+
+    frame = monitor.compare_frame(ctx, [int(i) for i in ids or []])
+    if not len(frame):
+        return None
+    # A fresh component per selection: the chart's colour domain must follow the chosen runs.
+    return gr.LinePlot(value=frame, color_map=monitor.series_colours(sorted(set(frame["series"]))))
+
+
+def _wire_playground(ctx, demo, pt, pg, tab_item) -> None:
+    def choices():
+        return gr.Dropdown(choices=playground_service.finished_runs(ctx))
+
+    pt.refresh.click(choices, None, pt.run)
+    demo.load(choices, None, pt.run, api_visibility="private")
+    tab_item.select(choices, None, pt.run, api_visibility="private")
+    pt.run.change(lambda rid: playground_tab.show_for_run(ctx, rid), pt.run,
+                  [pt.max_new_tokens, pt.temperature, pt.top_p, pt.base, pt.tuned, pt.base_labels, pt.tuned_labels,
+                   pt.generate])
+    pt.generate.click(
+        lambda rid, p, n, temp, top: playground_tab.run_generate(pg, rid, p, n, temp, top),
+        [pt.run, pt.prompt, pt.max_new_tokens, pt.temperature, pt.top_p],
+        [pt.message, pt.base, pt.tuned, pt.base_labels, pt.tuned_labels],
+    )
+
+
+__all__ = ["build_app", "labels"]

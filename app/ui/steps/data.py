@@ -1,0 +1,149 @@
+"""Wizard step 2: upload a file (or pick a demo), see the detected format and mapping, correct it."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from app.services import data_preview
+from app.ui.labels import t
+
+MAX_ROLES = 5
+FILE_TYPES = [".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt", ".zip"]
+
+
+@dataclass
+class DataStep:
+    upload: gr.File
+    bundled: gr.Dropdown
+    status: gr.Markdown
+    shape: gr.Dropdown
+    roles: list[gr.Dropdown]
+    val_fraction: gr.Slider
+    max_length: gr.Number
+    preview: gr.Dataframe
+    stats: gr.Markdown
+    histogram: gr.Image
+    ref: gr.State  # dataset reference for the spec ("dataset:3" or a bundled name)
+    back: gr.Button
+    next: gr.Button
+
+    def mapping_outputs(self) -> list:
+        return [self.shape, *self.roles, self.preview, self.stats, self.histogram]
+
+
+def _safe(call, default):
+    try:
+        return call()
+    except Exception:
+        return default
+
+
+def build() -> DataStep:
+    bundled_names = _safe(data_preview.bundled_choices, [])
+    with gr.Row():
+        upload = gr.File(label=t("data.upload"), file_types=FILE_TYPES, type="filepath", elem_id="data-upload",
+                         scale=3)
+        with gr.Column(scale=2):
+            bundled = gr.Dropdown(bundled_names, value=None, label=t("data.bundled"), elem_id="data-bundled")
+            val_fraction = gr.Slider(0.0, 0.5, value=0.1, step=0.05, label=t("data.val_fraction"))
+            max_length = gr.Number(512, precision=0, minimum=8, label=t("data.max_length"), elem_id="data-max-length")
+    status = gr.Markdown(t("data.empty"), elem_id="data-status")
+    shape = gr.Dropdown(_safe(data_preview.shapes, []), value=None, label=t("data.shape"), elem_id="data-shape")
+    with gr.Row():
+        roles = [gr.Dropdown([], value=None, label=f"field {i + 1}", visible=False, elem_id=f"data-role-{i}")
+                 for i in range(MAX_ROLES)]
+    preview = gr.Dataframe(label=t("data.preview"), interactive=False, wrap=True, elem_id="data-preview",
+                           visible=False)
+    with gr.Row():
+        stats = gr.Markdown(elem_id="data-stats")
+        histogram = gr.Image(label=t("data.lengths"), show_label=False, type="pil", interactive=False, height=240,
+                             elem_id="data-histogram", visible=False)
+    ref = gr.State(None)
+    with gr.Row():
+        back = gr.Button(t("back"))
+        nxt = gr.Button(t("next"), variant="primary", elem_id="data-next")
+    return DataStep(upload, bundled, status, shape, roles, val_fraction, max_length, preview, stats, histogram,
+                    ref, back, nxt)
+
+
+def error_box(message: str) -> str:
+    return f"<div class='ts-error' id='data-error'>{html.escape(message)}</div>"
+
+
+def register(ctx, path: str | None, original_name: str | None = None) -> tuple[str | None, str]:
+    """Upload -> registered dataset ref, or an error message."""
+    if not path:
+        return None, t("data.empty")
+    try:
+        view = data_preview.register_upload(ctx, path, original_name or Path(path).name)
+    except Exception as exc:
+        return None, error_box(str(exc))
+    return f"dataset:{view.id}", ""
+
+
+def register_demo(ctx, name: str | None) -> tuple[str | None, str]:
+    """Demo dataset -> registered dataset ref, or an error message."""
+    if not name:
+        return None, t("data.empty")
+    try:
+        view = data_preview.register_bundled(ctx, name)
+    except Exception as exc:
+        return None, error_box(str(exc))
+    return f"dataset:{view.id}", ""
+
+
+def render_preview(prev: data_preview.DataPreview | None, error: str | None = None,
+                   val_fraction: float = 0.1) -> list[Any]:
+    """Values for [status, shape, *roles, preview, stats, histogram]."""
+    hidden = [gr.update(visible=False, value=None) for _ in range(MAX_ROLES)]
+    if prev is None:
+        return [error or t("data.empty"), gr.update(value=None), *hidden, gr.update(value=None, visible=False), "",
+                gr.update(value=None, visible=False)]
+    roles = []
+    for i in range(MAX_ROLES):
+        if i < len(prev.roles):
+            role = prev.roles[i]
+            roles.append(gr.update(visible=True, label=role, choices=[""] + prev.columns,
+                                   value=prev.mapping.get(role, "")))
+        else:
+            roles.append(gr.update(visible=False, value=None))
+    ok = (f"<div class='ts-ok' id='data-ok'><b>{html.escape(prev.name)}</b>: {prev.rows:,} rows, "
+          f"format {prev.fmt}, detected <b>{prev.shape}</b> (confidence {prev.confidence:.0%})"
+          + (f"; ignored columns: {', '.join(prev.ignored_columns)}" if prev.ignored_columns else "")
+          + "</div>")
+    status = ok if prev.problem is None else ok + error_box(prev.problem)
+    frame = pd.DataFrame(prev.head).astype(str).map(_short) if prev.head else None
+    stats_md = _stats_markdown(data_preview.summary_rows(prev.stats, val_fraction))
+    hist = _png_image(prev.histogram_png) if prev.histogram_png else None
+    return [status, gr.update(value=prev.shape), *roles, gr.update(value=frame, visible=frame is not None),
+            stats_md, gr.update(value=hist, visible=hist is not None)]
+
+
+def _short(text: str, limit: int = 160) -> str:
+    """Long cells cut for the preview so every column stays on screen."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _png_image(png: bytes):
+    """The histogram as an image object (Gradio caches it itself; no temp file of ours to leak)."""
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(png))
+
+
+def _stats_markdown(rows: list[tuple[str, str]]) -> str:
+    if not rows:
+        return ""
+    return "\n".join(f"- **{label}**: {value}" for label, value in rows)
+
+
+def mapping_from(prev_roles: list[str], values: tuple) -> dict[str, str]:
+    return {role: v for role, v in zip(prev_roles, values) if v}

@@ -1,0 +1,136 @@
+"""The run view: live loss chart, progress, log tail, cancel, downloads; rebuilt from the registry.
+
+The page keeps nothing: a timer re-reads the run's rows every tick, and the run id lives in the URL
+(``?run=N``), so a reload or another browser shows the same run where it is.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import gradio as gr
+
+from app.services import export, merged, monitor, run_table, runs
+from app.ui.labels import t
+
+POLL_SECONDS = 1.0
+
+SET_URL_JS = """(run) => { if (run) { const u = new URL(window.location); u.searchParams.set('run', run);
+window.history.replaceState(null, '', u); } return []; }"""
+
+
+@dataclass
+class RunView:
+    picker: gr.Dropdown
+    refresh: gr.Button
+    header: gr.HTML
+    progress: gr.HTML
+    chart: gr.LinePlot
+    log: gr.Textbox
+    cancel: gr.Button
+    download: gr.DownloadButton
+    merge: gr.Button
+    merged: gr.DownloadButton
+    message: gr.Markdown
+    timer: gr.Timer
+    seen: gr.State  # (run id, status, points) last drawn, to skip redundant redraws
+
+
+def run_choices(ctx) -> list[tuple[str, int]]:
+    return [(f"#{r.id} {r.name} ({r.method}, {r.created_at:%Y-%m-%d %H:%M})", r.id) for r in runs.list_runs(ctx)]
+
+
+def active_run(ctx) -> int | None:
+    """The newest queued/running run (the one a person reopening the studio wants to see)."""
+    active = runs.list_runs(ctx, status=["running", "queued", "cancelling"], limit=1)
+    return active[0].id if active else None
+
+
+def latest_run(ctx) -> int | None:
+    newest = runs.list_runs(ctx, limit=1)
+    return newest[0].id if newest else None
+
+
+def build(ctx) -> RunView:
+    with gr.Row():
+        picker = gr.Dropdown([], value=None, label=t("run.pick"), elem_id="run-picker", scale=4)
+        refresh = gr.Button(t("run.refresh"), scale=0, size="sm", min_width=100)
+    header = gr.HTML(t("run.none"), elem_id="run-header")
+    progress = gr.HTML(elem_id="run-progress")
+    # Starts without a frame: Gradio's plot never draws lines into a chart first given an empty one.
+    chart = gr.LinePlot(None, x="step", y="loss", color="series", label=t("run.loss"), height=320,
+                        color_map=monitor.SERIES_COLOURS, elem_id="run-chart")
+    log = gr.Textbox(label=t("run.log"), lines=8, max_lines=8, interactive=False, autoscroll=True,
+                     elem_id="run-log")
+    with gr.Row():
+        cancel = gr.Button(t("run.cancel"), variant="stop", elem_id="run-cancel", visible=False)
+        download = gr.DownloadButton(t("run.download"), visible=False, elem_id="run-download")
+        merge = gr.Button(t("run.prepare_merged"), visible=False, elem_id="run-merge")
+        merged = gr.DownloadButton(t("run.download_merged"), visible=False, elem_id="run-merged")
+    message = gr.Markdown(elem_id="run-message")
+    timer = gr.Timer(POLL_SECONDS)
+    seen = gr.State(None)
+    return RunView(picker, refresh, header, progress, chart, log, cancel, download, merge, merged, message, timer,
+                   seen)
+
+
+def _header(ctx, run: runs.RunView) -> str:
+    data = run_table.dataset_name(ctx, run.spec.get("data", {}).get("dataset", ""), {})
+    err = f"<div class='ts-error'>{html.escape(run.error)}</div>" if run.error else ""
+    return (f"<h3>#{run.id} {html.escape(run.name)} <span class='ts-status {run.status}' id='run-status'>"
+            f"{run.status}</span></h3><div>{html.escape(run.model)} · {html.escape(run.method)} · "
+            f"data {html.escape(str(data))}</div>{err}")
+
+
+def _progress(p: monitor.Progress) -> str:
+    total = p.total_steps or "?"
+    tps = f"{p.tokens_per_second:,.0f}" if p.tokens_per_second else "–"
+    epoch = f"{p.epoch:.2f}" if p.epoch is not None else "–"
+    return (f"<div class='ts-progress'><div style='width:{p.fraction * 100:.1f}%'></div></div>"
+            f"<div class='ts-stats'><span id='run-step'>step {p.step} / {total}</span><span>epoch {epoch}</span>"
+            f"<span>elapsed {monitor.duration(p.elapsed_seconds)}</span>"
+            f"<span>ETA {monitor.duration(p.eta_seconds)}</span><span>{tps} tokens/s</span></div>")
+
+
+def draw(ctx, run_id, seen):
+    """Values for [header, progress, chart, log, cancel, download, merge, merged, seen]; skips unchanged redraws."""
+    hide = gr.update(visible=False)
+    if not run_id:
+        return [t("run.none"), "", None, "", hide, hide, hide, hide, None]
+    try:
+        key = (int(run_id), *runs.revision(ctx, int(run_id)))
+        if seen == key:
+            return [gr.skip()] * 9
+        snap = monitor.snapshot(ctx, int(run_id))
+    except runs.RunNotFound as exc:
+        return [f"<div class='ts-error'>{exc}</div>", "", None, "", hide, hide, hide, hide, None]
+    download = gr.update(visible=False)
+    if snap.run.status == "succeeded" and snap.run.adapter_path:
+        try:
+            download = gr.update(value=str(export.export_adapter_zip(ctx, int(run_id))), visible=True)
+        except Exception:
+            download = gr.update(visible=False)
+    active = snap.run.status in ("queued", "running")
+    frame = snap.frame if len(snap.frame) else None
+    done = snap.run.status == "succeeded" and snap.run.adapter_path is not None
+    merged_path = merged.merged_zip_path(ctx, int(run_id))
+    merged_button = gr.update(value=str(merged_path), visible=True) if merged_path.is_file() else hide
+    return [_header(ctx, snap.run), _progress(snap.progress), frame, snap.log, gr.update(visible=active), download,
+            gr.update(visible=done and not merged_path.is_file()), merged_button, key]
+
+
+def prepare_merged(ctx, run_id):
+    """[message, merge button, merged download]"""
+    try:
+        path = merged.export_merged_zip(ctx, int(run_id))
+    except Exception as exc:
+        return f"<div class='ts-error'>{html.escape(str(exc))}</div>", gr.skip(), gr.skip()
+    return "", gr.update(visible=False), gr.update(value=str(path), visible=True)
+
+
+def cancel(ctx, run_id) -> str:
+    if not run_id:
+        return ""
+    status = runs.cancel_run(ctx, int(run_id))
+    return f"Run #{run_id}: {status}."

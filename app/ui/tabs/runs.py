@@ -1,0 +1,87 @@
+"""All runs: table with filter, detail with the full config (as the YAML `tunestudio train` takes),
+loss curves of several runs on one chart, delete with artifacts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from app.registry.models import RUN_STATUSES
+from app.services import run_table, runs
+from app.ui.labels import t
+
+
+@dataclass
+class RunsTab:
+    status: gr.Dropdown
+    text: gr.Textbox
+    refresh: gr.Button
+    table: gr.Dataframe
+    selected: gr.Dropdown
+    config: gr.Code
+    download_yaml: gr.DownloadButton
+    open_run: gr.Button
+    delete: gr.Button
+    confirm: gr.Checkbox
+    message: gr.Markdown
+    compare: gr.Dropdown
+    chart: gr.LinePlot
+
+
+def build() -> RunsTab:
+    with gr.Row():
+        status = gr.Dropdown(["all", *RUN_STATUSES], value="all", label=t("runs.filter.status"), scale=1)
+        text = gr.Textbox(label=t("runs.filter.text"), scale=3)
+        refresh = gr.Button(t("run.refresh"), scale=0, size="sm", min_width=100)
+    table = gr.Dataframe(pd.DataFrame(columns=run_table.COLUMNS), label=t("runs.table"), interactive=False,
+                         elem_id="runs-table")
+    with gr.Row():
+        with gr.Column():
+            selected = gr.Dropdown([], value=None, label=t("runs.select"), elem_id="runs-selected")
+            config = gr.Code(language="yaml", label=t("runs.config"), interactive=False, lines=12, max_lines=24,
+                             elem_id="runs-config")
+            with gr.Row():
+                open_run = gr.Button(t("runs.open"))
+                download_yaml = gr.DownloadButton(t("runs.download_yaml"), visible=False)
+            with gr.Row():
+                confirm = gr.Checkbox(False, label=t("runs.delete.confirm"))
+                delete = gr.Button(t("runs.delete"), variant="stop")
+            message = gr.Markdown()
+        with gr.Column():
+            compare = gr.Dropdown([], value=[], multiselect=True, label=t("runs.compare"), elem_id="runs-compare")
+            chart = gr.LinePlot(None, x="step", y="loss", color="series",
+                                label=t("runs.compare.chart"), height=320)
+    return RunsTab(status, text, refresh, table, selected, config, download_yaml, open_run, delete, confirm,
+                   message, compare, chart)
+
+
+def table_and_choices(ctx, status: str, text: str):
+    rows = run_table.run_rows(ctx, status, text)
+    choices = [(f"#{r.id} {r.name} · {r.status}", r.id) for r in rows]
+    return pd.DataFrame([r.cells() for r in rows], columns=run_table.COLUMNS), choices
+
+
+def detail(ctx, run_id):
+    """[config yaml, download button]"""
+    if not run_id:
+        return "", gr.update(visible=False)
+    spec = runs.get_spec(ctx, int(run_id))
+    path = ctx.settings.exports_dir / f"run-{int(run_id)}-spec.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(spec.to_yaml(), encoding="utf-8")
+    return spec.to_yaml(), gr.update(value=str(path), visible=True)
+
+
+def delete(ctx, run_id, confirmed: bool) -> str:
+    if not run_id:
+        return "Pick a run first."
+    if not confirmed:
+        return "Tick the confirmation box to delete."
+    try:
+        runs.delete_run(ctx, int(run_id))
+    except Exception as exc:
+        return f"<div class='ts-error'>{exc}</div>"
+    return f"Run #{run_id} and its files were deleted."
+

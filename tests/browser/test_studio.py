@@ -1,0 +1,244 @@
+"""A new user's whole journey through the studio in Chromium: model, data (a bad file first), LoRA,
+train a tiny model, watch the loss live, reload mid-run, download the adapter, try the playground."""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+
+import pytest
+from playwright.sync_api import expect
+
+from app.services.wizard import PRESETS
+from tests.browser.conftest import ARTIFACTS, shot
+from tests.engine.helpers import save_tiny_model
+
+pytestmark = pytest.mark.browser
+
+LIVE_STEPS = 300
+
+
+def write_instruction_jsonl(path, rows: int = 48):
+    things = ["sky", "grass", "snow", "coal", "sun", "sea", "milk", "leaf"]
+    colours = ["blue", "green", "white", "black", "yellow", "blue", "white", "green"]
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(rows):
+            k = i % len(things)
+            f.write(json.dumps({"instruction": f"Q{i}: what colour is the {things[k]}?", "input": "",
+                                "output": colours[k]}) + "\n")
+    return path
+
+
+def field(page, elem_id: str):
+    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Tab")
+    expect(box).to_have_value(str(value))
+
+
+def choose_preset(page, name: str) -> None:
+    """Picking a preset rewrites the fields from the server; wait for that before typing over them."""
+    page.get_by_label(name).check()
+    max_steps = page.locator("#train-max-steps input[type=number]").first
+    expect(max_steps).to_have_value(str(PRESETS[name]["max_steps"]), timeout=30_000)
+
+
+def step_text(page) -> int:
+    text = page.locator("#run-step").inner_text(timeout=30_000)
+    return int(re.search(r"step (\d+)", text).group(1))
+
+
+CHART_POINTS_JS = """() => { let n = 0;
+    document.querySelectorAll('#run-chart path[aria-roledescription="line mark"]').forEach(p => {
+        const d = p.getAttribute('d') || ''; if (d.startsWith('M')) n += (d.match(/L/g) || []).length + 1; });
+    return n; }"""
+
+
+def chart_points(page, more_than: int = 0) -> int:
+    """Points the loss chart draws (one SVG path per series), waiting until there are more than given;
+    the chart is re-embedded on each update, so a single look may fall between two drawings."""
+    page.wait_for_function(f"() => ({CHART_POINTS_JS})() > {more_than}", timeout=60_000)
+    return page.evaluate(CHART_POINTS_JS)
+
+
+def wait_until_final(page, timeout_ms: int) -> str:
+    """The run's final status; fails at once (with the run's error) rather than waiting out a failed run."""
+    page.wait_for_function(
+        "() => /^(succeeded|failed|cancelled)$/.test((document.querySelector('#run-status') || {}).innerText || '')",
+        timeout=timeout_ms,
+    )
+    status = page.locator("#run-status").inner_text()
+    assert status == "succeeded", page.locator("#run-header").inner_text()
+    return status
+
+
+def test_new_user_trains_lora_and_tries_it(page, studio, tmp_path):
+    model_dir = save_tiny_model(tmp_path / "tiny-llama")
+    good = write_instruction_jsonl(tmp_path / "colours.jsonl")
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n', encoding="utf-8")
+
+    page.goto(studio.url)
+    page.get_by_text("1 · Model").first.wait_for()
+    shot(page, "01-model-empty")
+
+    # 1 · model: a local folder
+    field(page, "model-custom").fill(str(model_dir))
+    page.locator("#model-check").click()
+    page.locator("#model-info").get_by_text("LlamaForCausalLM").wait_for(timeout=60_000)
+    page.locator("#model-estimate").get_by_text("Total").wait_for(timeout=30_000)
+    shot(page, "02-model-checked")
+    page.locator("#model-next").click()
+
+    # 2 · data: a bad file shows its message and the step stays usable; then a good file
+    page.locator("#data-upload input[type=file]").set_input_files(str(bad))
+    error = page.locator("#data-error")
+    error.wait_for(timeout=30_000)
+    assert "broken.jsonl" in error.inner_text() and "line 2" in error.inner_text()
+    shot(page, "03-data-bad-file")
+    page.locator("#data-upload button[aria-label*='Clear'], #data-upload button[aria-label*='clear']").first.click()
+    page.locator("#data-upload input[type=file]").set_input_files(str(good))
+    ok = page.locator("#data-ok")
+    ok.wait_for(timeout=60_000)
+    assert "instruction" in ok.inner_text() and "48 rows" in ok.inner_text()
+    assert page.locator("#data-error").count() == 0
+    page.locator("#data-preview").get_by_text("Q0: what colour is the sky?").first.wait_for()
+    shot(page, "04-data-detected")
+    page.locator("#data-next").click()
+
+    # 3 · method: LoRA with its fields and a live trainable count
+    page.locator("#method-count").get_by_text("Trainable parameters").wait_for(timeout=60_000)
+    assert "LoRA" in page.locator("#method-choice").inner_text() or field(page, "method-choice").input_value()
+    shot(page, "05-method-lora")
+    page.locator("#method-next").click()
+
+    # 4 · train: quick preset, long enough to watch it live
+    choose_preset(page, "quick")
+    set_number(page, "train-max-steps", LIVE_STEPS)
+    field(page, "train-name").fill("browser-lora")
+    shot(page, "06-train")
+    page.locator("#train-submit").click()
+
+    # run view: live chart and progress
+    page.locator("#run-status").get_by_text("running").wait_for(timeout=90_000)
+    first_step = step_text(page)
+    page.wait_for_function("() => { const t = document.querySelector('#run-step'); "
+                           f"return t && parseInt(t.innerText.match(/step (\\d+)/)[1]) > {first_step + 5}; }}",
+                           timeout=60_000)
+    points_before = chart_points(page)
+    points_after = chart_points(page, more_than=points_before)  # the chart gains points while live
+    assert page.locator("#run-status").get_by_text("running").count() == 1
+    shot(page, "07-run-live")
+    assert re.search(r"[?&]run=\d+", page.url), page.url
+    assert points_after > points_before > 0
+
+    # reload mid-run: the view comes back from the registry and keeps moving
+    before_reload = step_text(page)
+    page.reload()
+    page.locator("#run-status").get_by_text("running").wait_for(timeout=30_000)
+    after_reload = step_text(page)
+    assert after_reload >= before_reload
+    page.wait_for_function("() => { const t = document.querySelector('#run-step'); "
+                           f"return t && parseInt(t.innerText.match(/step (\\d+)/)[1]) > {after_reload}; }}",
+                           timeout=60_000)
+    chart_points(page, more_than=0)
+    shot(page, "08-run-after-reload")
+
+    # closing the browser and coming back to the bare address: the run is shown again (still training,
+    # or, on a fast machine, already finished)
+    page.goto(studio.url)
+    page.get_by_role("tab", name="Run", exact=True).click()
+    page.locator("#run-status").get_by_text(re.compile("running|succeeded")).wait_for(timeout=30_000)
+    assert "browser-lora" in page.locator("#run-header").inner_text()
+    assert step_text(page) >= after_reload
+
+    wait_until_final(page, 150_000)
+    assert step_text(page) == LIVE_STEPS
+    shot(page, "09-run-done")
+    with page.expect_download(timeout=30_000) as dl:
+        page.locator("#run-download").click()
+    zip_path = tmp_path / "adapter.zip"
+    dl.value.save_as(zip_path)
+    names = set(zipfile.ZipFile(zip_path).namelist())
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= names
+    config = json.loads(zipfile.ZipFile(zip_path).read("adapter_config.json"))
+    assert config["peft_type"] == "LORA" and config["task_type"] == "CAUSAL_LM"
+
+    # merged model (LoRA merges): a plain transformers folder
+    page.locator("#run-merge").click()
+    with page.expect_download(timeout=60_000) as dl:
+        page.locator("#run-merged").click()
+    merged_zip = tmp_path / "merged.zip"
+    dl.value.save_as(merged_zip)
+    assert {"config.json", "model.safetensors"} <= set(zipfile.ZipFile(merged_zip).namelist())
+
+    # runs: the table lists it; its full config is the YAML `tunestudio train` takes
+    page.get_by_role("tab", name="Runs").click()
+    page.wait_for_function("() => (document.querySelector('#runs-table') || {}).innerText?.includes('browser-lora')",
+                           timeout=30_000)
+    page.locator("#runs-selected input").click()
+    page.get_by_role("option", name=re.compile("browser-lora")).click()
+    page.wait_for_function("() => (document.querySelector('#runs-config') || {}).innerText?.includes('peft_type: LORA')",
+                           timeout=30_000)
+    shot(page, "10-runs")
+
+    # playground: base and tuned side by side
+    page.get_by_role("tab", name="Playground").click()
+    page.locator("#play-run input").click()
+    page.get_by_role("option", name=re.compile("browser-lora")).click()
+    field(page, "play-prompt").fill("What colour is the sky?")
+    page.locator("#play-generate").click()
+    page.wait_for_function("() => { const b = document.querySelector('#play-base textarea'); "
+                           "const t = document.querySelector('#play-tuned textarea'); "
+                           "return b && t && b.value.length > 0 && t.value.length > 0; }", timeout=90_000)
+    shot(page, "11-playground")
+    base = field(page, "play-base").input_value()
+    tuned = field(page, "play-tuned").input_value()
+    assert base and tuned
+    (ARTIFACTS / "playground.txt").write_text(f"base: {base!r}\ntuned: {tuned!r}\n")
+
+
+def test_classifier_from_a_demo_dataset_shows_label_probabilities(page, studio, tmp_path):
+    model_dir = save_tiny_model(tmp_path / "tiny-bert", family="bert", task_type="SEQ_CLS")
+    page.goto(studio.url)
+    page.get_by_role("tab", name="New run").click()
+    field(page, "model-custom").fill(str(model_dir))
+    page.locator("#model-check").click()
+    page.locator("#model-info").get_by_text("BertForSequenceClassification").wait_for(timeout=60_000)
+    page.locator("#model-next").click()
+
+    page.locator("#data-bundled input").click()
+    page.get_by_role("option", name=re.compile("drug-reviews")).click()
+    ok = page.locator("#data-ok")
+    ok.wait_for(timeout=90_000)
+    assert "classification" in ok.inner_text()
+    shot(page, "c1-data-demo")
+    set_number(page, "data-max-length", 128)  # the tiny BERT has 256 positions
+    page.locator("#data-next").click()
+    page.locator("#method-count").get_by_text("Trainable parameters").wait_for(timeout=60_000)
+    page.locator("#method-next").click()
+
+    choose_preset(page, "quick")
+    set_number(page, "train-max-steps", 12)
+    field(page, "train-name").fill("browser-classifier")
+    page.locator("#train-submit").click()
+    page.locator("#run-header").get_by_text("browser-classifier").wait_for(timeout=60_000)
+    wait_until_final(page, 180_000)
+    shot(page, "c2-run-done")
+
+    page.get_by_role("tab", name="Playground").click()
+    page.locator("#play-run input").click()
+    page.get_by_role("option", name=re.compile("browser-classifier")).click()
+    field(page, "play-prompt").fill("This medicine worked well and I felt better within days.")
+    page.locator("#play-generate").click()
+    for elem_id in ("play-base-labels", "play-tuned-labels"):
+        page.wait_for_function(
+            f"() => /(negative|neutral|positive)/i.test((document.querySelector('#{elem_id}') || {{}}).innerText || '')",
+            timeout=90_000,
+        )
+    shot(page, "c3-playground-labels")

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from app.registry.lifecycle import claim_run, heartbeat
+from app.registry.models import MetricPoint, Run, utcnow
+from app.registry.spec import SpecError
+from app.services import (
+    RunActive,
+    RunNotFound,
+    cancel_run,
+    create_run,
+    delete_run,
+    get_run,
+    list_runs,
+    metrics,
+)
+
+SPEC = {
+    "name": "svc",
+    "model": {"name": "SmolLM2-135M-Instruct"},
+    "data": {"dataset": "pairs.csv"},
+    "method": {"peft_type": "LORA", "r": 4, "target_modules": "attention"},
+}
+
+
+def test_a_created_run_is_queued_with_its_spec_and_a_broker_message(ctx):
+    run_id = create_run(ctx, SPEC)
+    run = get_run(ctx, run_id)
+    assert (run.status, run.model, run.method, run.name) == ("queued", "SmolLM2-135M-Instruct", "LORA", "svc")
+    assert run.spec["method"]["r"] == 4
+    assert [r.id for r in list_runs(ctx, status="queued")] == [run_id]
+    import sqlalchemy as sa
+
+    broker = sa.create_engine(ctx.settings.broker_url.removeprefix("sqla+"))
+    with broker.connect() as conn:
+        payloads = [row[0] for row in conn.execute(sa.text("SELECT payload FROM kombu_message"))]
+    broker.dispose()
+    assert len(payloads) == 1 and "worker.tasks.train_run" in payloads[0]
+
+
+def test_a_reference_to_an_unregistered_dataset_is_refused(ctx):
+    with pytest.raises(SpecError, match="data.dataset: no registered dataset with id 42"):
+        create_run(ctx, {**SPEC, "data": {"dataset": 42}})
+    assert list_runs(ctx) == []
+
+
+def test_cancel_ends_a_queued_run_at_once_and_asks_a_running_one(ctx):
+    queued = create_run(ctx, SPEC)
+    assert cancel_run(ctx, queued) == "cancelled"
+    running = create_run(ctx, SPEC)
+    with ctx.session() as s:
+        assert claim_run(s, running, "host-a")
+        assert not claim_run(s, running, "host-b")
+    assert cancel_run(ctx, running) == "cancelling"
+    with pytest.raises(RunNotFound):
+        cancel_run(ctx, 999)
+
+
+def test_a_run_whose_heartbeat_stopped_is_failed_by_the_next_reader(ctx):
+    run_id = create_run(ctx, SPEC)
+    with ctx.session() as s:
+        claim_run(s, run_id, "host-a")
+        assert heartbeat(s, run_id) == "running"
+        s.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow() - timedelta(seconds=3600)))
+        s.commit()
+    run = get_run(ctx, run_id)
+    assert run.status == "failed"
+    assert "worker lost" in run.error
+
+
+def test_delete_refuses_active_runs_and_removes_metrics_and_files(ctx):
+    run_id = create_run(ctx, SPEC)
+    with pytest.raises(RunActive):
+        delete_run(ctx, run_id)
+    cancel_run(ctx, run_id)
+    with ctx.session() as s:
+        s.add(MetricPoint(run_id=run_id, step=1, epoch=0.1, split="train", loss=2.0))
+        s.commit()
+    folder = ctx.settings.run_dir(run_id)
+    folder.mkdir(parents=True)
+    (folder / "x.txt").write_text("x")
+    assert len(metrics(ctx, run_id)) == 1
+    delete_run(ctx, run_id)
+    assert metrics(ctx, run_id) == [] and not folder.exists()
+    with pytest.raises(RunNotFound):
+        get_run(ctx, run_id)

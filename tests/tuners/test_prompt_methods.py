@@ -1,0 +1,207 @@
+"""Prompt tuning, prefix tuning and P-tuning: peft interop both ways, counts, generation, training."""
+
+from __future__ import annotations
+
+import json
+
+import peft
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tuners
+from tests.support.tiny_models import batch, smol_tokenizer_dir, tiny_model
+from tests.tuners.synthetic_task import adam_losses
+from tuners.config import ConfigError
+from tuners.methods.p_tuning import PromptEncoderConfig
+from tuners.methods.prefix_tuning import PrefixTuningConfig
+from tuners.methods.prompt_tuning import PromptTuningConfig
+
+# (id, family, task, our config kwargs, peft config class, peft kwargs)
+CASES = [
+    ("prompt-llama", "llama", "CAUSAL_LM", PromptTuningConfig, peft.PromptTuningConfig, {}),
+    ("prompt-gpt2", "gpt2", "CAUSAL_LM", PromptTuningConfig, peft.PromptTuningConfig, {}),
+    ("prompt-bert-cls", "bert", "SEQ_CLS", PromptTuningConfig, peft.PromptTuningConfig, {}),
+    ("prompt-t5", "t5", "SEQ_2_SEQ_LM", PromptTuningConfig, peft.PromptTuningConfig, {}),
+    ("prefix-llama-gqa", "llama", "CAUSAL_LM", PrefixTuningConfig, peft.PrefixTuningConfig, {}),
+    ("prefix-gpt2", "gpt2", "CAUSAL_LM", PrefixTuningConfig, peft.PrefixTuningConfig, {}),
+    ("prefix-mlp-llama", "llama", "CAUSAL_LM", PrefixTuningConfig, peft.PrefixTuningConfig,
+     {"prefix_projection": True, "encoder_hidden_size": 8}),
+    ("prefix-bert-cls", "bert", "SEQ_CLS", PrefixTuningConfig, peft.PrefixTuningConfig, {}),
+    ("prefix-t5", "t5", "SEQ_2_SEQ_LM", PrefixTuningConfig, peft.PrefixTuningConfig, {}),
+    ("ptuning-mlp-llama", "llama", "CAUSAL_LM", PromptEncoderConfig, peft.PromptEncoderConfig, {}),
+    ("ptuning-lstm-gpt2", "gpt2", "CAUSAL_LM", PromptEncoderConfig, peft.PromptEncoderConfig,
+     {"encoder_reparameterization_type": "LSTM", "encoder_hidden_size": 8}),
+]
+NVT = 3
+
+
+def _inputs(family: str, task: str) -> dict:
+    b = batch(family)
+    if task == "SEQ_2_SEQ_LM":
+        b["decoder_input_ids"] = b["input_ids"][:, :4]
+    return b
+
+
+def _perturb(module: torch.nn.Module, seed: int = 1) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.5)
+
+
+@pytest.mark.parametrize(("family", "task", "ours_cls", "peft_cls", "extra"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_our_adapter_loads_in_peft_with_equal_outputs(tmp_path, family, task, ours_cls, peft_cls, extra):
+    tuned = tuners.apply(tiny_model(family, task), ours_cls(task_type=task, num_virtual_tokens=NVT, **extra))
+    _perturb(tuned)
+    inputs = _inputs(family, task)
+    ours = tuned(**inputs).logits
+    tuned.save_pretrained(tmp_path)
+
+    reference = peft.get_peft_model(tiny_model(family, task), peft_cls(task_type=task, num_virtual_tokens=NVT, **extra))
+    assert tuned.trainable_parameters() == reference.get_nb_trainable_parameters()
+    expected = {k: tuple(v.shape) for k, v in peft.get_peft_model_state_dict(reference).items()}
+    assert {k: tuple(v.shape) for k, v in load_file(tmp_path / "adapter_model.safetensors").items()} == expected
+
+    loaded = peft.PeftModel.from_pretrained(tiny_model(family, task), tmp_path)
+    theirs = loaded(**inputs).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    with tuned.disabled():
+        base = tuned(**inputs).logits
+    assert (ours[..., -base.shape[-2]:, :] if ours.dim() == 3 else ours).shape == base.shape
+    assert not torch.allclose(ours[..., -base.shape[-2]:, :] if ours.dim() == 3 else ours, base, atol=1e-3)
+
+
+@pytest.mark.parametrize(("family", "task", "ours_cls", "peft_cls", "extra"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_peft_adapter_loads_in_ours_with_equal_outputs(tmp_path, family, task, ours_cls, peft_cls, extra):
+    torch.manual_seed(0)
+    reference = peft.get_peft_model(tiny_model(family, task), peft_cls(task_type=task, num_virtual_tokens=NVT, **extra))
+    _perturb(reference, seed=2)
+    reference.save_pretrained(tmp_path)
+    loaded_peft = peft.PeftModel.from_pretrained(tiny_model(family, task), tmp_path)
+    inputs = _inputs(family, task)
+
+    ours = tuners.load(tiny_model(family, task), tmp_path)
+    assert ours.configs["default"].num_virtual_tokens == NVT
+    torch.testing.assert_close(ours(**inputs).logits, loaded_peft(**inputs).logits, atol=1e-5, rtol=1e-5)
+    # P-tuning / projected prefixes are saved as the encoder's output; loaded, that output is used directly.
+    torch.testing.assert_close(ours(**inputs).logits, reference(**inputs).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("family", "task", "cfg"), [
+    ("llama", "CAUSAL_LM", PromptTuningConfig(num_virtual_tokens=NVT)),
+    ("llama", "CAUSAL_LM", PrefixTuningConfig(num_virtual_tokens=NVT)),
+    ("gpt2", "CAUSAL_LM", PrefixTuningConfig(num_virtual_tokens=NVT)),
+    ("t5", "SEQ_2_SEQ_LM", PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=NVT)),
+], ids=["prompt-llama", "prefix-llama", "prefix-gpt2", "prefix-t5"])
+def test_greedy_generation_matches_peft(tmp_path, family, task, cfg):
+    tuned = tuners.apply(tiny_model(family, task), cfg)
+    _perturb(tuned, seed=3)
+    tuned.save_pretrained(tmp_path)
+    theirs = peft.PeftModel.from_pretrained(tiny_model(family, task), tmp_path)
+    gen = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    inputs = batch(family)
+    assert torch.equal(tuned.generate(**inputs, **gen), theirs.generate(**inputs, **gen))
+
+
+def test_prompt_labels_get_ignored_positions_and_mask_gets_ones():
+    tuned = tuners.apply(tiny_model("llama"), PromptTuningConfig(num_virtual_tokens=NVT))
+    seen = {}
+    tuned.model.register_forward_pre_hook(lambda m, a, k: seen.update(k), with_kwargs=True)
+    inputs = batch("llama")
+    tuned(**inputs, labels=inputs["input_ids"])
+    assert seen["inputs_embeds"].shape[1] == inputs["input_ids"].shape[1] + NVT
+    assert (seen["labels"][:, :NVT] == -100).all()
+    assert torch.equal(seen["labels"][:, NVT:], inputs["input_ids"])
+    assert (seen["attention_mask"][:, :NVT] == 1).all()
+
+
+def test_text_init_uses_the_texts_token_embeddings_repeated():
+    model = tiny_model("llama")
+    cfg = PromptTuningConfig(num_virtual_tokens=7, prompt_tuning_init="TEXT", prompt_tuning_init_text="good bad",
+                             tokenizer_name_or_path=str(smol_tokenizer_dir()))
+    tuned = tuners.apply(model, cfg)
+    from tests.support.tiny_models import tokenizer
+
+    ids = tokenizer("llama")("good bad")["input_ids"]
+    ids = (ids * 7)[:7]
+    expected = model.get_input_embeddings().weight[ids]
+    torch.testing.assert_close(tuned.adapter_modules["default"].embedding.weight, expected)
+
+
+def test_vocab_init_rows_are_vocabulary_embeddings():
+    model = tiny_model("gpt2")
+    tuned = tuners.apply(model, PromptTuningConfig(num_virtual_tokens=4, prompt_tuning_init="SAMPLE_VOCAB"))
+    table = model.get_input_embeddings().weight
+    for row in tuned.adapter_modules["default"].embedding.weight:
+        assert torch.isclose(table, row).all(dim=1).any()
+
+
+@pytest.mark.parametrize(("cfg", "field"), [
+    (PromptTuningConfig(num_virtual_tokens=0), "num_virtual_tokens"),
+    (PromptTuningConfig(prompt_tuning_init="TEXT"), "prompt_tuning_init_text"),
+    (PromptTuningConfig(prompt_tuning_init="WORDS"), "prompt_tuning_init"),
+    (PromptTuningConfig(task_type="TOKEN_CLS"), "task_type"),
+    (PrefixTuningConfig(encoder_hidden_size=-1), "encoder_hidden_size"),
+    (PromptEncoderConfig(encoder_reparameterization_type="GRU"), "encoder_reparameterization_type"),
+])
+def test_bad_config_names_the_field(cfg, field):
+    with pytest.raises(ConfigError, match=field):
+        cfg.validate()
+
+
+def test_soft_prompts_cannot_merge_and_config_records_model_dims(tmp_path):
+    tuned = tuners.apply(tiny_model("llama"), PrefixTuningConfig(num_virtual_tokens=NVT))
+    with pytest.raises(NotImplementedError):
+        tuned.merge_and_unload()
+    tuned.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    # GQA: 2 key/value heads of width 8 (the tiny Llama has 4 query heads).
+    assert (saved["token_dim"], saved["num_attention_heads"], saved["num_layers"]) == (16, 2, 2)
+
+
+def _train(tuned, inputs, steps=25, lr=0.05):
+    tuned.train()
+    return adam_losses(tuned, inputs, steps, lr)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("cfg_cls", [PromptTuningConfig, PrefixTuningConfig, PromptEncoderConfig])
+def test_training_lowers_causal_lm_loss(family, cfg_cls):
+    torch.manual_seed(0)
+    tuned = tuners.apply(tiny_model(family), cfg_cls(num_virtual_tokens=4))
+    inputs = batch(family, texts=("one two three four five", "one two three four five"))
+    inputs["labels"] = inputs["input_ids"].clone()
+    losses = _train(tuned, inputs, lr=0.3)
+    # Tiny random models have near-uniform outputs (logits ~0.02 wide) that input-side prompts can only
+    # tilt; a steady drop of this size is learning, a broken gradient path leaves the loss flat.
+    assert losses[-1] < losses[0] - 0.05
+    assert min(losses[-5:]) < min(losses[:5])
+
+
+@pytest.mark.parametrize("cfg_cls", [PromptTuningConfig, PrefixTuningConfig])
+def test_prompt_alone_lowers_bert_classification_loss(cfg_cls):
+    # Tiny random BERT pools near-identical vectors for every text, so the task is one the prompt can
+    # solve alone: push every example to class 2 with the (trainable) head frozen.
+    torch.manual_seed(0)
+    tuned = tuners.apply(tiny_model("bert", "SEQ_CLS"), cfg_cls(task_type="SEQ_CLS", num_virtual_tokens=4))
+    for name, p in tuned.named_parameters():
+        if "classifier" in name:
+            p.requires_grad_(False)
+    inputs = batch("bert", texts=("great film", "awful film", "fine film"))
+    inputs["labels"] = torch.tensor([2, 2, 2])
+    tuned.eval()
+    params = [p for p in tuned.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=0.1)
+    losses = []
+    for _ in range(25):
+        loss = tuned(**inputs).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.005
+    assert min(losses[-5:]) < min(losses[:5])

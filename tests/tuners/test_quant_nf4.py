@@ -1,0 +1,182 @@
+"""NF4 and int8 quantization against the math and against bitsandbytes' CPU implementation (oracle)."""
+
+import bitsandbytes.functional as bnbf
+import pytest
+import torch
+
+from tuners.quant import cpu_kernel, dequantize_int8, dequantize_nf4, quantize_int8, quantize_nf4
+from tuners.quant.nf4 import (
+    NF4_CODES,
+    NF4Weight,
+    _cpu_kernel_dequantize,
+    dequantize_absmax,
+    dequantize_nf4_tensors,
+    dequantizer,
+    dynamic_map,
+    unpack_table,
+)
+
+SHAPES = [(64, 64), (128, 96), (33, 17), (7,), (300, 257), (2, 3, 128)]
+
+
+def _weight(shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g) * 0.02
+
+
+def _bnb(weight, double_quant):
+    return bnbf.quantize_4bit(weight, blocksize=64, quant_type="nf4", compress_statistics=double_quant)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_nf4_packing_and_absmax_are_bit_exact_with_bitsandbytes(shape):
+    weight = _weight(shape)
+    ours = quantize_nf4(weight, double_quant=False)
+    packed, state = _bnb(weight, double_quant=False)
+    assert ours.packed.dtype == torch.uint8
+    assert torch.equal(ours.packed, packed.view(-1))
+    assert torch.equal(ours.absmax, state.absmax)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_double_quantized_statistics_match_bitsandbytes(shape):
+    weight = _weight(shape, seed=1)
+    ours = quantize_nf4(weight, double_quant=True)
+    packed, state = _bnb(weight, double_quant=True)
+    assert torch.equal(ours.packed, packed.view(-1))
+    assert ours.absmax.dtype == torch.uint8
+    assert torch.equal(ours.absmax_offset, state.offset)
+    assert torch.equal(ours.absmax_scale, state.state2.absmax)
+    exact = _bnb(weight, double_quant=False)[1].absmax
+    our_absmax = dequantize_absmax(ours.absmax, ours.absmax_scale, ours.absmax_offset)
+    their_absmax = bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset
+    same_code = ours.absmax == state.absmax
+    scaled = ours.absmax_scale.repeat_interleave(256)[: ours.absmax.numel()] > 0  # a zero scale makes any code 0
+    if scaled.any():
+        assert same_code[scaled].float().mean() > 0.98
+    assert torch.equal(our_absmax[same_code], their_absmax[same_code])
+    # Where the 8-bit codes differ, ours is the nearest map value (bitsandbytes' search is approximate).
+    assert ((our_absmax - exact).abs() <= (their_absmax - exact).abs()).all()
+
+
+def test_dynamic_map_is_bitsandbytes_signed_dynamic_map():
+    assert torch.equal(dynamic_map(), bnbf.create_dynamic_map(signed=True))
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_reconstruction_error_is_no_worse_than_bitsandbytes(shape, double_quant):
+    weight = _weight(shape, seed=2)
+    ours = dequantize_nf4(quantize_nf4(weight, double_quant=double_quant))
+    theirs = bnbf.dequantize_4bit(*_bnb(weight, double_quant))
+    assert ours.shape == weight.shape
+    our_err = (ours - weight).pow(2).mean().item()
+    their_err = (theirs - weight).pow(2).mean().item()
+    assert our_err <= their_err * (1 + 1e-6)
+    if shape[-1] % 64 == 0:  # bitsandbytes' CPU kernel is row-blocked; where it is exact, so are we
+        assert torch.equal(ours, theirs)
+
+
+def test_dequantized_values_are_codes_times_block_absmax():
+    weight = _weight((4, 64), seed=3)
+    stored = quantize_nf4(weight, double_quant=False)
+    codes = torch.tensor(NF4_CODES)
+    high, low = (stored.packed >> 4).long(), (stored.packed & 0xF).long()
+    index = torch.stack([high, low], dim=1).view(-1)
+    expected = (codes[index].view(4, 64) * stored.absmax.view(4, 1)).view(4, 64)
+    assert torch.equal(dequantize_nf4(stored), expected)
+    nearest = (weight.view(4, 64, 1) / stored.absmax.view(4, 1, 1) - codes).abs().argmin(dim=-1)
+    assert torch.equal(index.view(4, 64), nearest)
+
+
+def test_all_zero_blocks_dequantize_to_zero():
+    weight = torch.zeros(3, 64)
+    weight[1] = _weight(64)
+    for double_quant in (False, True):
+        out = dequantize_nf4(quantize_nf4(weight, double_quant=double_quant))
+        assert torch.isfinite(out).all()
+        assert torch.equal(out[0], torch.zeros(64)) and torch.equal(out[2], torch.zeros(64))
+
+
+def test_storage_bits_per_parameter_from_tensor_sizes():
+    weight = _weight((1024, 4096), seed=4)
+    n = weight.numel()
+    plain = quantize_nf4(weight, double_quant=False)
+    double = quantize_nf4(weight, double_quant=True)
+    assert plain.storage_bytes() * 8 / n == pytest.approx(4.5, abs=1e-9)
+    assert double.storage_bytes() * 8 / n == pytest.approx(4 + 8 / 64 + 32 / (64 * 256), abs=1e-5)
+    assert double.storage_bytes() * 8 / n == pytest.approx(4.127, abs=1e-3)
+
+
+def test_dequantize_casts_to_compute_dtype_after_fp32_math():
+    weight = _weight((64, 128), seed=5)
+    stored = quantize_nf4(weight)
+    assert torch.equal(dequantize_nf4(stored, torch.bfloat16), dequantize_nf4(stored).to(torch.bfloat16))
+
+
+def test_cpu_never_uses_the_compiled_dequantizer():
+    assert dequantizer(torch.device("cpu")) is dequantize_nf4_tensors
+
+
+def _eager(stored, dtype):
+    absmax = stored.absmax
+    if stored.double_quant:
+        absmax = dequantize_absmax(absmax, stored.absmax_scale, stored.absmax_offset)
+    return dequantize_nf4_tensors(stored.packed, absmax, unpack_table(stored.packed), stored.shape, stored.blocksize, dtype)
+
+
+def _kernel(stored, dtype):
+    if cpu_kernel.load() is None:
+        pytest.skip("the C++ NF4 kernel is switched off (TUNERS_NF4_CPU_KERNEL=0) or could not be built here")
+    out = _cpu_kernel_dequantize(
+        stored.packed, stored.absmax, stored.shape, stored.blocksize, dtype, stored.absmax_scale, stored.absmax_offset
+    )
+    assert out is not None
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("double_quant", [True, False])
+@pytest.mark.parametrize("shape", [*SHAPES, (5, 1000), (1, 1), (96, 4096)])
+def test_cpu_kernel_is_bit_identical_to_the_eager_dequantization(shape, double_quant, dtype):
+    stored = quantize_nf4(_weight(shape, seed=7) * 50, double_quant=double_quant)
+    ours = _kernel(stored, dtype)
+    assert ours.dtype == dtype and ours.shape == torch.Size(shape)
+    assert torch.equal(ours, _eager(stored, dtype))
+
+
+def test_cpu_kernel_build_failure_warns_and_falls_back_to_eager(monkeypatch):
+    import torch.utils.cpp_extension
+
+    def broken_build(*args, **kwargs):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load_inline", broken_build)
+    with pytest.warns(UserWarning, match="NF4 CPU kernel unavailable.*no compiler"):
+        assert cpu_kernel.load.__wrapped__() is None
+    monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "0")
+    assert cpu_kernel.load.__wrapped__() is None
+
+
+def test_cpu_kernel_rounds_to_bf16_like_torch_on_ties_and_non_finite_values():
+    """Code 1.0 times an absmax whose low 16 bits are exactly half a bf16 step: round half to even."""
+    bits = torch.tensor([0x3F808000, 0x3F818000, 0x3F80FFFF, 0x7F7FFFFF, 0x00008000, 0x80018000 - 2**32], dtype=torch.int32)
+    absmax = torch.cat([bits.view(torch.float32), torch.tensor([float("inf"), float("nan")])])
+    stored = NF4Weight(packed=torch.full((absmax.numel() * 32,), 0xFF, dtype=torch.uint8), absmax=absmax,
+                       shape=(absmax.numel(), 64))
+    ours = _kernel(stored, torch.bfloat16)
+    assert torch.equal(ours.view(torch.int16), _eager(stored, torch.bfloat16).view(torch.int16))
+    assert torch.equal(ours[:-1, 0], absmax[:-1].to(torch.bfloat16)) and ours[-1, 0].isnan()
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (17, 33), (256, 1000)])
+def test_int8_rows_match_bitsandbytes_vectorwise_quantization(shape):
+    weight = _weight(shape, seed=6)
+    q, absmax = quantize_int8(weight)
+    their_q, their_absmax, _ = bnbf.int8_vectorwise_quant(weight.clone())
+    assert q.dtype == torch.int8 and absmax.shape == (shape[0],)
+    assert torch.equal(absmax, weight.abs().amax(dim=1))
+    assert torch.equal(absmax, their_absmax)
+    assert torch.equal(q, their_q)
+    error = (dequantize_int8(q, absmax) - weight).abs()
+    assert (error <= absmax.unsqueeze(1) / 254 * (1 + 1e-5)).all()

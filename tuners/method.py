@@ -1,0 +1,65 @@
+"""What a PEFT method module exports: one :class:`Method` describing how to attach it.
+
+Most methods only need ``inject`` (wrap target layers with :class:`tuners.layers.AdapterLayer`
+subclasses). Methods that act on the whole model (soft prompts, prefixes) return a module from
+``inject`` and may override ``forward``/``generate`` and how their state is named on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from tuners.config import AdapterConfig
+
+if TYPE_CHECKING:
+    from tuners.model import TunedModel
+
+FAMILIES = ("additive", "selective", "reparameterized", "hybrid", "baseline")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A PEFT method as the core and the studio see it.
+
+    inject: attach adapter ``adapter_name`` to ``model`` in place; may return a model-level module
+        (e.g. a prompt encoder) that the TunedModel keeps under ``adapter_modules[adapter_name]``.
+    forward / generate: replace the plain ``model(**kwargs)`` call while this adapter is active.
+    export_state / import_state: on-disk keys of a model-level module's state (peft names them
+        without the ``base_model.model.`` prefix, e.g. ``prompt_embeddings``).
+    base_trainables: parameters of the base model itself that this adapter trains and saves, keyed by
+        their path in the task model (LoRA's bias modes, BitFit, layer freezing).
+    after_backward: per-step hook for methods with a schedule (AdaLoRA's rank budget).
+    trains_base_weights: the method updates the base's linear weights themselves (full fine-tuning,
+        layer freezing, FishMask), so it refuses a quantized base.
+    calibrate: one pass over a few training batches before the optimizer is built, for methods
+        that choose what to train from the user's data (FishMask's Fisher-information mask).
+    key_prefix: prefix of the on-disk keys of wrapped base modules (``modules_to_save``); peft's
+        prompt-learning models save them under ``base_model.`` rather than ``base_model.model.``.
+    state_to_disk / state_from_disk: rewrite the adapter's tensors (on-disk keys) between the in-memory
+        and the on-disk layout (AdaLoRA keeps masked ranks in memory; peft's files drop them).
+    """
+
+    peft_type: str
+    name: str
+    family: str
+    config_cls: type[AdapterConfig]
+    inject: Callable[[nn.Module, AdapterConfig, str], nn.Module | None]
+    summary: str = ""
+    peft_compatible: bool = True
+    forward: Callable[[TunedModel, str, dict[str, Any]], Any] | None = None
+    generate: Callable[[TunedModel, str, dict[str, Any]], Any] | None = None
+    export_state: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None
+    import_state: Callable[[nn.Module, dict[str, torch.Tensor]], None] | None = None
+    base_trainables: Callable[[nn.Module, AdapterConfig], dict[str, nn.Parameter]] | None = None
+    after_backward: Callable[[TunedModel, str, int], None] | None = None
+    loss_term: Callable[[TunedModel, str], torch.Tensor] | None = None
+    calibrate: Callable[[TunedModel, Iterable[dict[str, Any]]], None] | None = None
+    trains_base_weights: bool = False
+    key_prefix: str = "base_model.model."
+    state_to_disk: Callable[[TunedModel, str, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+    state_from_disk: Callable[[TunedModel, str, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None

@@ -1,0 +1,51 @@
+"""Data in: read uploads, detect their shape, check them, and turn them into token examples.
+
+    table = read_table(path, name="upload.csv")
+    found = detect_shape(table)                       # shape, mapping (role -> column), confidence
+    validate_mapping(table, found.shape, found.mapping)
+    stats = preview_stats(table, found.shape, found.mapping, tokenizer, 512)
+    ready = prepare(table, found.shape, found.mapping, tokenizer, PrepareOptions(task="CAUSAL_LM"))
+
+Every problem with the user's data is a ``DataError`` with a stable ``code`` and its location.
+"""
+
+from worker.data.bundled import bundled_datasets
+from worker.data.chat import DEFAULT_CHAT_TEMPLATE, chat_template_for, render_chat
+from worker.data.errors import CODES, DataError
+from worker.data.histogram import length_histogram_png
+from worker.data.limits import Limits
+from worker.data.prepare import IGNORE, TASKS, Prepared, PrepareOptions, default_task, pack, prepare
+from worker.data.preview import preview_stats
+from worker.data.readers import FORMATS, Table, read_table
+from worker.data.shapes import ROLES, SHAPES, Detection, detect_shape, normalise_rows, validate_mapping
+from worker.data.storage import safe_name, store_upload
+
+__all__ = [
+    "CODES",
+    "DEFAULT_CHAT_TEMPLATE",
+    "FORMATS",
+    "IGNORE",
+    "ROLES",
+    "SHAPES",
+    "TASKS",
+    "DataError",
+    "Detection",
+    "Limits",
+    "PrepareOptions",
+    "Prepared",
+    "Table",
+    "bundled_datasets",
+    "chat_template_for",
+    "default_task",
+    "detect_shape",
+    "length_histogram_png",
+    "normalise_rows",
+    "pack",
+    "prepare",
+    "preview_stats",
+    "read_table",
+    "render_chat",
+    "safe_name",
+    "store_upload",
+    "validate_mapping",
+]

