@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import gradio as gr
 
+from app.services import draft as draft_service
 from app.services import playground as playground_service
 from app.services import runs
 from app.services.context import Context
 from app.services.data_preview import preview
 from app.services.wizard import WizardChoices, build_spec, task_for
+from app.ui import draft as draft_ui
 from app.ui import labels
 from app.ui.labels import t
 from app.ui.steps import data as data_step
@@ -31,7 +33,7 @@ def build_app(ctx: Context) -> gr.Blocks:
         with gr.Column(elem_classes="ts-header"):
             gr.Markdown(f"# {t('title')}\n{t('tagline')}")
         with gr.Tabs(selected="new") as tabs:
-            with gr.Tab(t("tab.new"), id="new"), gr.Walkthrough(selected=0) as wizard:
+            with gr.Tab(t("tab.new"), id="new") as new_tab_item, gr.Walkthrough(selected=0) as wizard:
                 with gr.Step(t("step.model"), id=0):
                     ms = model_step.build()
                 with gr.Step(t("step.data"), id=1):
@@ -40,25 +42,32 @@ def build_app(ctx: Context) -> gr.Blocks:
                     me = method_step.build()
                 with gr.Step(t("step.train"), id=3):
                     ts = train_step.build()
-            with gr.Tab(t("tab.run"), id="run"):
+            with gr.Tab(t("tab.run"), id="run") as run_tab_item:
                 rv = run_view.build(ctx)
             with gr.Tab(t("tab.runs"), id="runs") as runs_tab_item:
                 rt = runs_tab.build()
             with gr.Tab(t("tab.playground"), id="playground") as play_tab_item:
                 pt = playground_tab.build()
 
-        _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv)
-        _wire_run_view(ctx, demo, tabs, rv)
+        stored = draft_ui.browser_state(ctx.settings.home)
+        _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored)
+        _wire_run_view(ctx, demo, tabs, rv, stored)
+        run_tab_item.select(None, rv.picker, None, js=run_view.SET_URL_JS)
+        for item in (new_tab_item, runs_tab_item, play_tab_item):
+            item.select(None, None, None, js=run_view.CLEAR_URL_JS)
         _wire_runs(ctx, demo, tabs, rt, rv, runs_tab_item)
         _wire_playground(ctx, demo, pt, pg, play_tab_item)
     return demo
 
 
 def _go(step: int):
-    return lambda: gr.Walkthrough(selected=step)
+    """Move the wizard to ``step`` and remember it (outputs: the walkthrough and its step state)."""
+    return lambda: (gr.Walkthrough(selected=step), step)
 
 
-def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv) -> None:
+def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored) -> None:
+    at_step = gr.State(0)
+    nav = [wizard, at_step]
     models_dir = ctx.settings.models_dir
     method_inputs = [me.choice, *me.inputs]
 
@@ -87,23 +96,24 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv) -> None:
 
     ms.next.click(next_from_model, [ms.state, ms.bundled, ms.custom, ms.trust], ms.state).then(
         lambda info: info.markdown() if info is not None else gr.skip(), ms.state, ms.info
-    ).then(_go(1), None, wizard)
+    ).then(_go(1), None, nav)
 
     # data step
-    def show(ref, info, shape, max_length, val_fraction, *role_values, user_mapping=False):
+    def preview_of(ref, info, shape, mapping, max_length, val_fraction):
         if not ref:
             return data_step.render_preview(None)
-        mapping = None
-        if user_mapping and shape:
-            from app.services.data_preview import roles_for
-
-            mapping = data_step.mapping_from(roles_for(shape), role_values)
         try:
-            prev = preview(ctx, ref, shape=shape if user_mapping else None, mapping=mapping,
-                           tokenizer=getattr(info, "tokenizer", None), max_length=int(max_length or 512))
+            prev = preview(ctx, ref, shape=shape, mapping=mapping, tokenizer=getattr(info, "tokenizer", None),
+                           max_length=int(max_length or 512))
         except Exception as exc:
             return data_step.render_preview(None, data_step.error_box(str(exc)))
         return data_step.render_preview(prev, val_fraction=val_fraction)
+
+    def show(ref, info, shape, max_length, val_fraction, *role_values, user_mapping=False):
+        from app.services.data_preview import roles_for
+
+        mapping = data_step.mapping_from(roles_for(shape), role_values) if user_mapping and shape else None
+        return preview_of(ref, info, shape if user_mapping else None, mapping, max_length, val_fraction)
 
     preview_outputs = [ds.status, ds.shape, *ds.roles, ds.preview, ds.stats, ds.histogram]
     preview_inputs = [ds.ref, ms.state, ds.shape, ds.max_length, ds.val_fraction, *ds.roles]
@@ -122,14 +132,7 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv) -> None:
         preview_inputs, preview_outputs,
     )
     def reshape(ref, info, shape, max_length, val_fraction):
-        if not ref:
-            return data_step.render_preview(None)
-        try:
-            prev = preview(ctx, ref, shape=shape, mapping=None, tokenizer=getattr(info, "tokenizer", None),
-                           max_length=int(max_length or 512))
-        except Exception as exc:
-            return data_step.render_preview(None, data_step.error_box(str(exc)))
-        return data_step.render_preview(prev, val_fraction=val_fraction)
+        return preview_of(ref, info, shape, None, max_length, val_fraction)
 
     ds.shape.input(reshape, [ds.ref, ms.state, ds.shape, ds.max_length, ds.val_fraction], preview_outputs)
     ds.val_fraction.release(lambda *a: show(*a, user_mapping=True), preview_inputs, preview_outputs)
@@ -139,11 +142,11 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv) -> None:
 
     def next_from_data(ref):
         if not ref:
-            return gr.Walkthrough(selected=1), data_step.error_box("Upload a file or pick a demo dataset first.")
-        return gr.Walkthrough(selected=2), gr.skip()
+            return gr.Walkthrough(selected=1), 1, data_step.error_box("Upload a file or pick a demo dataset first.")
+        return gr.Walkthrough(selected=2), 2, gr.skip()
 
-    ds.back.click(_go(0), None, wizard)
-    ds.next.click(next_from_data, ds.ref, [wizard, ds.status]).then(**count_event)
+    ds.back.click(_go(0), None, nav)
+    ds.next.click(next_from_data, ds.ref, [*nav, ds.status]).then(**count_event)
 
     # method step
     me.choice.change(lambda pt: method_step.show_method(me, pt), me.choice,
@@ -151,12 +154,12 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv) -> None:
         model_step.estimate_rows, estimate_inputs, ms.estimate)
     for comp in me.inputs:
         comp.change(**count_event)
-    me.back.click(_go(1), None, wizard)
-    me.next.click(_go(3), None, wizard)
+    me.back.click(_go(1), None, nav)
+    me.next.click(_go(3), None, nav)
 
     # train step
-    ts.preset.change(train_step.apply_preset, ts.preset, ts.preset_outputs())
-    ts.back.click(_go(2), None, wizard)
+    ts.preset.input(train_step.apply_preset, ts.preset, ts.preset_outputs())
+    ts.back.click(_go(2), None, nav)
 
     submit_inputs = [ms.state, ms.bundled, ms.custom, ms.trust, ms.precision, ms.quantization, ds.ref, ds.shape,
                      ds.val_fraction, ds.max_length, *ds.roles, *method_inputs, *ts.values()]
@@ -194,36 +197,74 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv) -> None:
         try:
             run_id = runs.create_run(ctx, spec_from(*values))
         except Exception as exc:
-            return gr.skip(), data_step.error_box(str(exc)), gr.skip(), gr.skip()
+            return gr.skip(), data_step.error_box(str(exc)), gr.skip(), gr.skip(), gr.skip()
+        # Submitted, the wizard is no longer a draft: a reload shows the run, and a fresh wizard.
         return (gr.Tabs(selected="run"), f"Run #{run_id} queued.",
-                gr.Dropdown(choices=run_view.run_choices(ctx), value=run_id), None)
+                gr.Dropdown(choices=run_view.run_choices(ctx), value=run_id), None, draft_ui.EMPTY)
 
     me.next.click(review, submit_inputs, [ts.yaml, ts.message])
     for comp in ts.values():
         comp.change(review, submit_inputs, [ts.yaml, ts.message])
 
-    ts.submit.click(submit, submit_inputs, [tabs, ts.message, rv.picker, rv.seen]).then(
+    ts.submit.click(submit, submit_inputs, [tabs, ts.message, rv.picker, rv.seen, stored]).then(
         None, rv.picker, None, js=run_view.SET_URL_JS
     )
 
+    # the draft: every change saved to the browser; on load, values back, then the model and data redone
+    fields = draft_ui.fields(ms, ds, me, ts, at_step)
+    loaded = gr.State(None)  # the draft as it was at load: saving starts again as soon as values come back
 
-def _wire_run_view(ctx, demo, tabs, rv) -> None:
+    def on_step_clicked(evt: gr.SelectData):
+        return evt.index if isinstance(evt.index, int) else gr.skip()
+
+    wizard.select(on_step_clicked, None, at_step)
+    gr.on([c.change for c in fields.components], lambda *v: draft_ui.save(fields, *v), fields.components, stored,
+          queue=False, show_progress="hidden", api_visibility="private")
+
+    def restore(draft):
+        step = draft_ui.stored(fields, draft, "wizard.step")
+        return [*draft_ui.restore(fields, draft), gr.Walkthrough(selected=step) if step is not None else gr.skip(),
+                draft]
+
+    def recheck(draft, bundled, custom, trust):
+        if draft_ui.stored(fields, draft, "model.info", "") in ("", t("model.info.empty")):
+            return gr.skip(), gr.skip()  # the model was never checked
+        return check(bundled, custom, trust)
+
+    def repreview(draft, ref, info, max_length, val_fraction):
+        from app.services.data_preview import roles_for
+
+        if not ref:
+            return [gr.skip()] * len(preview_outputs)
+        shape = draft_ui.stored(fields, draft, "data.shape")
+        roles = [draft_ui.stored(fields, draft, f"data.role.{i}") for i in range(len(ds.roles))]
+        mapping = data_step.mapping_from(roles_for(shape), tuple(roles)) if shape else None
+        return preview_of(ref, info, shape or None, mapping or None, max_length, val_fraction)
+
+    ms.start_over.click(None, None, None, js=draft_ui.START_OVER_JS)
+
+    demo.load(restore, stored, [*fields.restore_outputs(), wizard, loaded], api_visibility="private").then(
+        recheck, [loaded, ms.bundled, ms.custom, ms.trust], [ms.state, ms.info]).then(
+        repreview, [loaded, ds.ref, ms.state, ds.max_length, ds.val_fraction], preview_outputs).then(
+        **count_event).then(model_step.estimate_rows, estimate_inputs, ms.estimate)
+
+
+def _wire_run_view(ctx, demo, tabs, rv, stored) -> None:
     outputs = [rv.header, rv.progress, rv.chart, rv.log, rv.cancel, rv.download, rv.merge, rv.merged, rv.seen]
 
-    def on_load(request: gr.Request):
+    def on_load(draft, request: gr.Request):
         raw = (request.query_params.get("run") if request is not None else None) or ""
-        # Reopened without a link: show the run that is training, if any; else keep the wizard in front
-        # with the newest run ready in the run view.
+        # Reopened without a link: the run that is training comes to the front, unless a half-filled
+        # wizard is waiting; the newest run is ready in the run view either way.
         active = run_view.active_run(ctx)
         run_id = int(raw) if raw.isdigit() else active or run_view.latest_run(ctx)
         choices = run_view.run_choices(ctx)
-        front = raw.isdigit() or active is not None
+        front = raw.isdigit() or (active is not None and not draft_service.has_values(draft))
         return gr.Dropdown(choices=choices, value=run_id), gr.Tabs(selected="run") if front else gr.skip()
 
-    demo.load(on_load, None, [rv.picker, tabs], api_visibility="private")
-    rv.picker.change(lambda rid: run_view.draw(ctx, rid, None), rv.picker, outputs).then(
-        None, rv.picker, None, js=run_view.SET_URL_JS
-    )
+    demo.load(on_load, stored, [rv.picker, tabs], api_visibility="private")
+    rv.picker.change(lambda rid: run_view.draw(ctx, rid, None), rv.picker, outputs)
+    rv.picker.input(None, rv.picker, None, js=run_view.SET_URL_JS)
     rv.refresh.click(lambda: gr.Dropdown(choices=run_view.run_choices(ctx)), None, rv.picker)
     rv.timer.tick(lambda rid, seen: run_view.draw(ctx, rid, seen), [rv.picker, rv.seen], outputs,
                   api_visibility="private", show_progress="hidden", queue=False)
@@ -247,7 +288,7 @@ def _wire_runs(ctx, demo, tabs, rt, rv, tab_item) -> None:
         refresh, [rt.status, rt.text], refresh_outputs)
     rt.open_run.click(lambda rid: (gr.Tabs(selected="run"), gr.Dropdown(choices=run_view.run_choices(ctx),
                                                                          value=rid)),
-                      rt.selected, [tabs, rv.picker])
+                      rt.selected, [tabs, rv.picker]).then(None, rv.picker, None, js=run_view.SET_URL_JS)
 
 
 def _compare(ctx, ids):

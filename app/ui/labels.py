@@ -18,6 +18,7 @@ LABELS: dict[str, str] = {
     "step.train": "4 · Train",
     "next": "Next →",
     "back": "← Back",
+    "start_over": "Start over",
     # model step
     "model.bundled": "Bundled model",
     "model.bundled.info": "Works offline; nothing is downloaded.",

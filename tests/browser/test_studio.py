@@ -242,3 +242,56 @@ def test_classifier_from_a_demo_dataset_shows_label_probabilities(page, studio, 
             timeout=90_000,
         )
     shot(page, "c3-playground-labels")
+
+
+def test_a_reload_keeps_the_half_filled_wizard(page, studio, tmp_path):
+    model_dir = save_tiny_model(tmp_path / "tiny-llama")
+    data = write_instruction_jsonl(tmp_path / "colours.jsonl")
+    page.goto(studio.url)
+    page.get_by_role("tab", name="New run").click()
+    field(page, "model-custom").fill(str(model_dir))
+    page.locator("#model-check").click()
+    page.locator("#model-info").get_by_text("LlamaForCausalLM").wait_for(timeout=60_000)
+    page.locator("#model-quantization input").click()
+    page.get_by_role("option", name="NF4 + double quantization (QLoRA)").click()
+    page.locator("#model-next").click()
+    page.locator("#data-upload input[type=file]").set_input_files(str(data))
+    page.locator("#data-ok").wait_for(timeout=60_000)
+    page.locator("#data-next").click()
+    page.locator("#method-count").get_by_text("Trainable parameters").wait_for(timeout=60_000)
+    set_number(page, "method-lora-r", 16)
+    page.locator("#method-next").click()
+    choose_preset(page, "quick")
+    field(page, "train-name").fill("kept-across-reload")
+    field(page, "train-name").press("Tab")
+    page.wait_for_timeout(1_000)  # the last change reaches the browser's storage
+
+    page.reload()
+    expect(field(page, "train-name")).to_have_value("kept-across-reload", timeout=30_000)
+    expect(field(page, "train-name")).to_be_visible()  # back on the tab and step the person left
+    assert "run=" not in page.url, page.url  # the earlier tests' runs do not pull the page to the run view
+    expect(page.locator("#train-max-steps input[type=number]").first).to_have_value("30")
+    page.get_by_role("button", name=re.compile("Equivalent spec")).click()
+    expect(page.locator("#train-yaml")).to_contain_text("precision: nf4", timeout=30_000)
+    shot(page, "r1-train-after-reload")
+    page.get_by_role("button", name="Back").first.click()
+    expect(page.locator("#method-lora-r input[type=number]").first).to_have_value("16")
+    expect(page.locator("#method-count")).to_contain_text("Trainable parameters", timeout=30_000)
+    page.get_by_role("button", name="Back").first.click()
+    expect(page.locator("#data-ok")).to_contain_text("48 rows", timeout=60_000)
+    page.locator("#data-preview").get_by_text("Q0: what colour is the sky?").first.wait_for()
+    page.get_by_role("button", name="Back").first.click()
+    expect(field(page, "model-custom")).to_have_value(str(model_dir))
+    expect(page.locator("#model-info")).to_contain_text("LlamaForCausalLM", timeout=60_000)
+    expect(page.locator("#model-quantization input")).to_have_value("NF4 + double quantization (QLoRA)")
+    shot(page, "r2-model-after-reload")
+
+    page.locator("#wizard-start-over").click()
+    page.wait_for_load_state()
+    page.locator("#model-next").wait_for()
+    expect(field(page, "model-custom")).to_have_value("", timeout=30_000)
+    page.reload()  # and the cleared draft stays cleared
+    page.locator("#model-next").wait_for()
+    page.wait_for_timeout(2_000)
+    expect(field(page, "model-custom")).to_have_value("")
+    expect(page.locator("#model-quantization input")).to_have_value("None (full precision)")

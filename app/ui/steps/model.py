@@ -30,6 +30,7 @@ class ModelStep:
     estimate: gr.Dataframe
     state: gr.State  # the checked ModelInfo (or None)
     next: gr.Button
+    start_over: gr.Button
 
 
 def build() -> ModelStep:
@@ -45,7 +46,7 @@ def build() -> ModelStep:
             info = gr.Markdown(t("model.info.empty"), elem_id="model-info")
         with gr.Column(scale=2):
             precision = gr.Dropdown(PRECISION_CHOICES, value="auto", label=t("model.precision"))
-            quantization = gr.Dropdown(QUANT_CHOICES, value="none", label=t("model.quantization"),
+            quantization = gr.Dropdown(QUANT_CHOICES, value="none", label=t("model.quantization"), elem_id="model-quantization",
                                        info=t("model.quantization.info"))
             with gr.Row():
                 seq_len = gr.Number(512, precision=0, minimum=8, label=t("model.seq_len"))
@@ -53,9 +54,11 @@ def build() -> ModelStep:
             estimate = gr.Dataframe(headers=["Part", "Memory"], value=[], label=t("model.estimate"), interactive=False,
                                     elem_id="model-estimate")
     state = gr.State(None)
-    nxt = gr.Button(t("next"), variant="primary", elem_id="model-next")
+    with gr.Row():
+        start_over = gr.Button(t("start_over"), variant="secondary", scale=1, elem_id="wizard-start-over")
+        nxt = gr.Button(t("next"), variant="primary", scale=4, elem_id="model-next")
     return ModelStep(bundled, custom, trust, check, info, precision, quantization, seq_len, batch, estimate,
-                     state, nxt)
+                     state, nxt, start_over)
 
 
 def chosen_ref(bundled: str | None, custom: str | None) -> str:

@@ -16,8 +16,12 @@ from app.ui.labels import t
 
 POLL_SECONDS = 1.0
 
+# The address says what the person looks at: ?run=N while the run view is in front, so a reload or a
+# shared link opens that run; leaving the run view takes it off, so a reload returns to where they were.
 SET_URL_JS = """(run) => { if (run) { const u = new URL(window.location); u.searchParams.set('run', run);
 window.history.replaceState(null, '', u); } return []; }"""
+CLEAR_URL_JS = """() => { const u = new URL(window.location); u.searchParams.delete('run');
+window.history.replaceState(null, '', u); return []; }"""
 
 
 @dataclass

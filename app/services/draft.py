@@ -1,0 +1,84 @@
+"""A half-filled wizard kept in the person's own browser, so a reload or a closed tab loses nothing.
+
+The page stores the draft (encrypted) in localStorage; this module decides what a draft holds and
+what of an old or tampered draft may be put back: only known fields, only JSON scalars or lists of
+them, and only values a choice field still offers. Anything else is dropped, never an error.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+DRAFT_VERSION = 1
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def pack(keys: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
+    """The draft for the wizard's current values (non-JSON values, such as a file, are left out)."""
+    kept = {k: v for k, v in zip(keys, values, strict=True) if _is_plain(v)}
+    return {"version": DRAFT_VERSION, "values": kept}
+
+
+def unpack(draft: Any, keys: Sequence[str], accept: Mapping[str, Callable[[Any], bool]] | None = None
+           ) -> dict[str, Any]:
+    """The values of ``draft`` that can go back into the fields named by ``keys``.
+
+    ``accept`` gives, for some fields, a test of what they take now: a stored value that fails it
+    (a choice the method list no longer offers) is dropped.
+    """
+    if not isinstance(draft, Mapping) or draft.get("version") != DRAFT_VERSION:
+        return {}
+    values = draft.get("values")
+    if not isinstance(values, Mapping):
+        return {}
+    accept = accept or {}
+    restored: dict[str, Any] = {}
+    for key in keys:
+        if key not in values or not _is_plain(values[key]):
+            continue
+        test = accept.get(key)
+        if test is None or test(values[key]):
+            restored[key] = values[key]
+    return restored
+
+
+def has_values(draft: Any) -> bool:
+    """Whether a half-filled wizard is waiting in this draft."""
+    return (isinstance(draft, Mapping) and draft.get("version") == DRAFT_VERSION
+            and isinstance(draft.get("values"), Mapping) and bool(draft["values"]))
+
+
+def one_of(choices: Iterable[Any]) -> Callable[[Any], bool]:
+    allowed = list(choices)
+    return lambda value: value in allowed
+
+
+def dataset_ref(value: Any) -> bool:
+    """Only a registered dataset comes back from a draft, never a path."""
+    return isinstance(value, str) and re.fullmatch(r"dataset:\d+", value) is not None
+
+
+def browser_secret(home: Path) -> str:
+    """The key the page encrypts drafts with: kept in the studio's home so drafts outlive a restart."""
+    path = home / "draft-secret"
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        pass
+    home.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(24)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(secret, encoding="ascii")
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return secret
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, _SCALARS):
+        return True
+    return isinstance(value, list) and all(isinstance(v, _SCALARS) for v in value)
