@@ -71,7 +71,8 @@ LABELS: dict[str, str] = {
     "run.pick": "Run",
     "run.refresh": "Refresh",
     "run.none": "No run selected. Start one in **New run** or pick one above.",
-    "run.loss": "Loss — train (light), train smoothed (dark), eval (orange)",
+    "run.loss": "Loss",
+    "run.loss.legend": "curve",
     "run.log": "Log",
     "run.cancel": "Cancel run",
     "run.download": "Download adapter (.zip)",
@@ -88,6 +89,7 @@ LABELS: dict[str, str] = {
     "runs.delete.confirm": "Yes, delete it",
     "runs.compare": "Compare loss curves",
     "runs.compare.chart": "Eval (or train) loss of the selected runs",
+    "runs.compare.legend": "run",
     "runs.open": "Open in run view",
     # playground
     "play.run": "Finished run",

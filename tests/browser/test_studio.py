@@ -66,6 +66,17 @@ def chart_points(page, more_than: int = 0) -> int:
     return page.evaluate(CHART_POINTS_JS)
 
 
+LEGEND_JS = """(id) => { const box = document.querySelector('#' + id).getBoundingClientRect();
+    return Array.from(document.querySelectorAll('#' + id + ' g.role-legend text')).filter(t => {
+        const r = t.getBoundingClientRect(); return r.height > 0 && r.bottom <= box.bottom && r.top >= box.top; })
+        .map(t => t.textContent); }"""
+
+
+def legend_in_view(page, elem_id: str) -> list[str]:
+    """The legend labels drawn inside the chart's block (not clipped off its bottom)."""
+    return page.evaluate(LEGEND_JS, elem_id)
+
+
 def wait_until_final(page, timeout_ms: int) -> str:
     """The run's final status; fails at once (with the run's error) rather than waiting out a failed run."""
     page.wait_for_function(
@@ -134,6 +145,7 @@ def test_new_user_trains_lora_and_tries_it(page, studio, tmp_path):
     points_after = chart_points(page, more_than=points_before)  # the chart gains points while live
     assert page.locator("#run-status").get_by_text("running").count() == 1
     shot(page, "07-run-live")
+    assert {"train", "train (smoothed)", "eval"} <= set(legend_in_view(page, "run-chart"))
     assert re.search(r"[?&]run=\d+", page.url), page.url
     assert points_after > points_before > 0
 
@@ -242,6 +254,13 @@ def test_classifier_from_a_demo_dataset_shows_label_probabilities(page, studio, 
             timeout=90_000,
         )
     shot(page, "c3-playground-labels")
+
+    # runs: the compare chart draws the run's eval curve, named in a legend that is not clipped
+    page.get_by_role("tab", name="Runs").click()
+    page.locator("#runs-compare input").click()
+    page.get_by_role("option", name=re.compile("browser-classifier")).click()
+    page.wait_for_function(f"() => ({LEGEND_JS})('runs-chart').some(t => /^#\\d+ eval$/.test(t))", timeout=30_000)
+    shot(page, "c4-runs-compared")
 
 
 def test_a_reload_keeps_the_half_filled_wizard(page, studio, tmp_path):

@@ -63,8 +63,10 @@ def build(ctx) -> RunView:
     header = gr.HTML(t("run.none"), elem_id="run-header")
     progress = gr.HTML(elem_id="run-progress")
     # Starts without a frame: Gradio's plot never draws lines into a chart first given an empty one.
-    chart = gr.LinePlot(None, x="step", y="loss", color="series", label=t("run.loss"), height=320,
-                        color_map=monitor.SERIES_COLOURS, elem_id="run-chart")
+    # The title sits outside the plot: a labelled plot block clips its own legend.
+    gr.Markdown(f"#### {t('run.loss')}")
+    chart = gr.LinePlot(None, x="step", y="loss", color="series", color_title=t("run.loss.legend"),
+                        show_label=False, height=320, color_map=monitor.SERIES_COLOURS, elem_id="run-chart")
     log = gr.Textbox(label=t("run.log"), lines=8, max_lines=8, interactive=False, autoscroll=True,
                      elem_id="run-log")
     with gr.Row():

@@ -51,8 +51,9 @@ def build() -> RunsTab:
             message = gr.Markdown()
         with gr.Column():
             compare = gr.Dropdown([], value=[], multiselect=True, label=t("runs.compare"), elem_id="runs-compare")
-            chart = gr.LinePlot(None, x="step", y="loss", color="series",
-                                label=t("runs.compare.chart"), height=320)
+            gr.Markdown(f"#### {t('runs.compare.chart')}")
+            chart = gr.LinePlot(None, x="step", y="loss", color="series", color_title=t("runs.compare.legend"),
+                                show_label=False, height=320, elem_id="runs-chart")
     return RunsTab(status, text, refresh, table, selected, config, download_yaml, open_run, delete, confirm,
                    message, compare, chart)
 
