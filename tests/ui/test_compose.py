@@ -33,9 +33,22 @@ def test_workers_reserve_an_nvidia_gpu_and_the_studio_is_published_locally():
     assert all(p.startswith("127.0.0.1:") for p in services["studio"]["ports"])
 
 
-def test_docker_compose_config_validates():
+def compose_client() -> list[str] | None:
+    """`docker compose` (the v2 plugin) or Debian's `docker-compose`; both validate without a daemon."""
     docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+def test_docker_compose_config_validates(tmp_path):
+    client = compose_client()
+    if client is None:
         pytest.skip("no docker compose client on this machine")
-    result = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True)
+    result = subprocess.run([*client, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    broken = tmp_path / "docker-compose.yml"  # the check can fail: a misspelt option is refused
+    broken.write_text(COMPOSE.read_text().replace("    image:", "    imagee:", 1))
+    refused = subprocess.run([*client, "-f", str(broken), "config", "-q"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "imagee" in refused.stderr + refused.stdout
