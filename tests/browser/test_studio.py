@@ -41,6 +41,21 @@ def set_number(page, elem_id: str, value) -> None:
     expect(box).to_have_value(str(value))
 
 
+def pick(page, elem_id: str, option) -> None:
+    """Choose an option of a dropdown the way a person does: open it, click the option."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option).click()
+
+
+def check_local_model(page, studio, model_dir, architecture: str) -> None:
+    """A fresh page on the wizard's first step with a local model folder checked."""
+    page.goto(studio.url)
+    page.get_by_role("tab", name="New run").click()
+    field(page, "model-custom").fill(str(model_dir))
+    page.locator("#model-check").click()
+    page.locator("#model-info").get_by_text(architecture).wait_for(timeout=60_000)
+
+
 def choose_preset(page, name: str) -> None:
     """Picking a preset rewrites the fields from the server; wait for that before typing over them."""
     page.get_by_label(name).check()
@@ -193,16 +208,14 @@ def test_new_user_trains_lora_and_tries_it(page, studio, tmp_path):
     page.get_by_role("tab", name="Runs").click()
     page.wait_for_function("() => (document.querySelector('#runs-table') || {}).innerText?.includes('browser-lora')",
                            timeout=30_000)
-    page.locator("#runs-selected input").click()
-    page.get_by_role("option", name=re.compile("browser-lora")).click()
+    pick(page, "runs-selected", re.compile("browser-lora"))
     page.wait_for_function("() => (document.querySelector('#runs-config') || {}).innerText?.includes('peft_type: LORA')",
                            timeout=30_000)
     shot(page, "10-runs")
 
     # playground: base and tuned side by side
     page.get_by_role("tab", name="Playground").click()
-    page.locator("#play-run input").click()
-    page.get_by_role("option", name=re.compile("browser-lora")).click()
+    pick(page, "play-run", re.compile("browser-lora"))
     field(page, "play-prompt").fill("What colour is the sky?")
     page.locator("#play-generate").click()
     page.wait_for_function("() => { const b = document.querySelector('#play-base textarea'); "
@@ -217,15 +230,10 @@ def test_new_user_trains_lora_and_tries_it(page, studio, tmp_path):
 
 def test_classifier_from_a_demo_dataset_shows_label_probabilities(page, studio, tmp_path):
     model_dir = save_tiny_model(tmp_path / "tiny-bert", family="bert", task_type="SEQ_CLS")
-    page.goto(studio.url)
-    page.get_by_role("tab", name="New run").click()
-    field(page, "model-custom").fill(str(model_dir))
-    page.locator("#model-check").click()
-    page.locator("#model-info").get_by_text("BertForSequenceClassification").wait_for(timeout=60_000)
+    check_local_model(page, studio, model_dir, "BertForSequenceClassification")
     page.locator("#model-next").click()
 
-    page.locator("#data-bundled input").click()
-    page.get_by_role("option", name=re.compile("drug-reviews")).click()
+    pick(page, "data-bundled", re.compile("drug-reviews"))
     ok = page.locator("#data-ok")
     ok.wait_for(timeout=90_000)
     assert "classification" in ok.inner_text()
@@ -244,8 +252,7 @@ def test_classifier_from_a_demo_dataset_shows_label_probabilities(page, studio, 
     shot(page, "c2-run-done")
 
     page.get_by_role("tab", name="Playground").click()
-    page.locator("#play-run input").click()
-    page.get_by_role("option", name=re.compile("browser-classifier")).click()
+    pick(page, "play-run", re.compile("browser-classifier"))
     field(page, "play-prompt").fill("This medicine worked well and I felt better within days.")
     page.locator("#play-generate").click()
     for elem_id in ("play-base-labels", "play-tuned-labels"):
@@ -257,8 +264,7 @@ def test_classifier_from_a_demo_dataset_shows_label_probabilities(page, studio, 
 
     # runs: the compare chart draws the run's eval curve, named in a legend that is not clipped
     page.get_by_role("tab", name="Runs").click()
-    page.locator("#runs-compare input").click()
-    page.get_by_role("option", name=re.compile("browser-classifier")).click()
+    pick(page, "runs-compare", re.compile("browser-classifier"))
     page.wait_for_function(f"() => ({LEGEND_JS})('runs-chart').some(t => /^#\\d+ eval$/.test(t))", timeout=30_000)
     shot(page, "c4-runs-compared")
 
@@ -266,13 +272,8 @@ def test_classifier_from_a_demo_dataset_shows_label_probabilities(page, studio, 
 def test_a_reload_keeps_the_half_filled_wizard(page, studio, tmp_path):
     model_dir = save_tiny_model(tmp_path / "tiny-llama")
     data = write_instruction_jsonl(tmp_path / "colours.jsonl")
-    page.goto(studio.url)
-    page.get_by_role("tab", name="New run").click()
-    field(page, "model-custom").fill(str(model_dir))
-    page.locator("#model-check").click()
-    page.locator("#model-info").get_by_text("LlamaForCausalLM").wait_for(timeout=60_000)
-    page.locator("#model-quantization input").click()
-    page.get_by_role("option", name="NF4 + double quantization (QLoRA)").click()
+    check_local_model(page, studio, model_dir, "LlamaForCausalLM")
+    pick(page, "model-quantization", "NF4 + double quantization (QLoRA)")
     page.locator("#model-next").click()
     page.locator("#data-upload input[type=file]").set_input_files(str(data))
     page.locator("#data-ok").wait_for(timeout=60_000)
