@@ -149,8 +149,10 @@ def _prepare_data(
         seed=spec.training.seed, dedupe=spec.data.dedupe, task=task,
     )
     prepared = wd.prepare(table, shape, mapping, tokenizer, options, val_table=val_table)
+    repeats = prepared.stats.get("duplicates_removed") or 0
     reporter.log(f"data: {len(prepared.train)} training and {len(prepared.eval)} validation examples "
-                 f"from {table.source} (shape {_name(shape)})")
+                 f"from {table.source} (shape {_name(shape)})"
+                 + (f"; {repeats:,} exact repeats removed" if repeats else ""))
     if not prepared.train:
         raise ValueError("data: no training examples left after preparation")
     return prepared, task

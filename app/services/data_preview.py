@@ -131,13 +131,20 @@ def statistics(table: Any, shape: str, mapping: dict[str, str], tokenizer: Any, 
     return stats, length_histogram_png(stats)
 
 
-def summary_rows(stats: dict[str, Any], val_fraction: float = 0.0) -> list[tuple[str, str]]:
-    """The preview statistics a person reads: rows, split, token lengths, truncation, label balance."""
+def summary_rows(stats: dict[str, Any], val_fraction: float = 0.0, dedupe: bool = True) -> list[tuple[str, str]]:
+    """The preview statistics a person reads: rows, repeats, split, token lengths, truncation, labels."""
     if not stats:
         return []
     rows = int(stats.get("rows", 0))
-    held_out = int(round(rows * float(val_fraction or 0)))
-    out = [("Rows", f"{rows:,}"), ("Training / validation", f"{rows - held_out:,} / {held_out:,}")]
+    duplicates = int(stats.get("duplicates") or 0)
+    out = [("Rows", f"{rows:,}")]
+    if duplicates:
+        fate = "removed before training" if dedupe else "kept (de-duplication is off)"
+        out.append(("Exact repeats", f"{duplicates:,}, {fate}"))
+    used = rows - duplicates if dedupe else rows
+    held_out = int(round(used * float(val_fraction or 0)))
+    about = "about " if dedupe and duplicates else ""  # the split is drawn before repeats are removed
+    out.append(("Training / validation", f"{about}{used - held_out:,} / {held_out:,}"))
     tokens = stats.get("tokens") or {}
     if tokens.get("count"):
         out.append(("Tokens per example", f"min {tokens['min']} · mean {tokens['mean']:.1f} · median {tokens['p50']}"

@@ -47,6 +47,7 @@ class WizardChoices:
     precision: str = "auto"
     quantization: str = "none"
     val_fraction: float = 0.1
+    dedupe: bool = True
     max_length: int = 512
     epochs: float = 1.0
     learning_rate: float = 2e-4
@@ -73,7 +74,7 @@ def build_spec(c: WizardChoices) -> RunSpec:
                         precision=precision, double_quant=double_quant),
         data=DataSpec(dataset=str(c.dataset), shape=c.shape or "auto",
                       mapping={k: v for k, v in (c.mapping or {}).items() if v},
-                      max_length=int(c.max_length), val_fraction=float(c.val_fraction)),
+                      max_length=int(c.max_length), val_fraction=float(c.val_fraction), dedupe=bool(c.dedupe)),
         method=method,
         training=TrainingSpec(
             epochs=float(c.epochs), max_steps=int(c.max_steps) or None, batch_size=int(c.batch_size),

@@ -99,7 +99,7 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored) -> None:
     ).then(_go(1), None, nav)
 
     # data step
-    def preview_of(ref, info, shape, mapping, max_length, val_fraction):
+    def preview_of(ref, info, shape, mapping, max_length, val_fraction, dedupe):
         if not ref:
             return data_step.render_preview(None)
         try:
@@ -107,16 +107,16 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored) -> None:
                            max_length=int(max_length or 512))
         except Exception as exc:
             return data_step.render_preview(None, data_step.error_box(str(exc)))
-        return data_step.render_preview(prev, val_fraction=val_fraction)
+        return data_step.render_preview(prev, val_fraction=val_fraction, dedupe=dedupe)
 
-    def show(ref, info, shape, max_length, val_fraction, *role_values, user_mapping=False):
+    def show(ref, info, shape, max_length, val_fraction, dedupe, *role_values, user_mapping=False):
         from app.services.data_preview import roles_for
 
         mapping = data_step.mapping_from(roles_for(shape), role_values) if user_mapping and shape else None
-        return preview_of(ref, info, shape if user_mapping else None, mapping, max_length, val_fraction)
+        return preview_of(ref, info, shape if user_mapping else None, mapping, max_length, val_fraction, dedupe)
 
     preview_outputs = [ds.status, ds.shape, *ds.roles, ds.preview, ds.stats, ds.histogram]
-    preview_inputs = [ds.ref, ms.state, ds.shape, ds.max_length, ds.val_fraction, *ds.roles]
+    preview_inputs = [ds.ref, ms.state, ds.shape, ds.max_length, ds.val_fraction, ds.dedupe, *ds.roles]
 
     def on_upload(path):
         import os
@@ -131,11 +131,12 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored) -> None:
         lambda ref, *rest: show(ref, *rest) if ref else [gr.skip()] * len(preview_outputs),
         preview_inputs, preview_outputs,
     )
-    def reshape(ref, info, shape, max_length, val_fraction):
-        return preview_of(ref, info, shape, None, max_length, val_fraction)
+    def reshape(ref, info, shape, max_length, val_fraction, dedupe):
+        return preview_of(ref, info, shape, None, max_length, val_fraction, dedupe)
 
-    ds.shape.input(reshape, [ds.ref, ms.state, ds.shape, ds.max_length, ds.val_fraction], preview_outputs)
+    ds.shape.input(reshape, [ds.ref, ms.state, ds.shape, ds.max_length, ds.val_fraction, ds.dedupe], preview_outputs)
     ds.val_fraction.release(lambda *a: show(*a, user_mapping=True), preview_inputs, preview_outputs)
+    ds.dedupe.input(lambda *a: show(*a, user_mapping=True), preview_inputs, preview_outputs)
 
     for role in ds.roles:
         role.input(lambda *a: show(*a, user_mapping=True), preview_inputs, preview_outputs)
@@ -162,10 +163,10 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored) -> None:
     ts.back.click(_go(2), None, nav)
 
     submit_inputs = [ms.state, ms.bundled, ms.custom, ms.trust, ms.precision, ms.quantization, ds.ref, ds.shape,
-                     ds.val_fraction, ds.max_length, *ds.roles, *method_inputs, *ts.values()]
+                     ds.val_fraction, ds.dedupe, ds.max_length, *ds.roles, *method_inputs, *ts.values()]
     n_roles, n_method = len(ds.roles), len(method_inputs)
 
-    def spec_from(info, bundled, custom, trust, precision, quantization, ref, shape, val_fraction, max_length,
+    def spec_from(info, bundled, custom, trust, precision, quantization, ref, shape, val_fraction, dedupe, max_length,
                   *rest):
         """The RunSpec for the wizard's current values (raises with a message naming the field)."""
         from app.services.data_preview import roles_for
@@ -181,7 +182,7 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored) -> None:
             method_values=method_step.values_for(me, peft_type, tuple(method_values)),
             shape=shape or "auto", mapping=data_step.mapping_from(roles_for(shape), role_values) if shape
             else {}, model_tasks=info.tasks if info is not None else (), trust_remote_code=trust,
-            precision=precision, quantization=quantization, val_fraction=val_fraction,
+            precision=precision, quantization=quantization, val_fraction=val_fraction, dedupe=bool(dedupe),
             max_length=max_length or 512, epochs=epochs, learning_rate=lr, batch_size=batch,
             max_steps=max_steps or 0, grad_accum=grad_accum, warmup_steps=warmup, scheduler=scheduler,
             weight_decay=weight_decay, eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed,
@@ -231,7 +232,7 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored) -> None:
             return gr.skip(), gr.skip()  # the model was never checked
         return check(bundled, custom, trust)
 
-    def repreview(draft, ref, info, max_length, val_fraction):
+    def repreview(draft, ref, info, max_length, val_fraction, dedupe):
         from app.services.data_preview import roles_for
 
         if not ref:
@@ -239,13 +240,13 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored) -> None:
         shape = draft_ui.stored(fields, draft, "data.shape")
         roles = [draft_ui.stored(fields, draft, f"data.role.{i}") for i in range(len(ds.roles))]
         mapping = data_step.mapping_from(roles_for(shape), tuple(roles)) if shape else None
-        return preview_of(ref, info, shape or None, mapping or None, max_length, val_fraction)
+        return preview_of(ref, info, shape or None, mapping or None, max_length, val_fraction, dedupe)
 
     ms.start_over.click(None, None, None, js=draft_ui.START_OVER_JS)
 
     demo.load(restore, stored, [*fields.restore_outputs(), wizard, loaded], api_visibility="private").then(
         recheck, [loaded, ms.bundled, ms.custom, ms.trust], [ms.state, ms.info]).then(
-        repreview, [loaded, ds.ref, ms.state, ds.max_length, ds.val_fraction], preview_outputs).then(
+        repreview, [loaded, ds.ref, ms.state, ds.max_length, ds.val_fraction, ds.dedupe], preview_outputs).then(
         **count_event).then(model_step.estimate_rows, estimate_inputs, ms.estimate)
 
 

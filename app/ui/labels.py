@@ -41,6 +41,8 @@ LABELS: dict[str, str] = {
     "data.mapping": "Column mapping",
     "data.preview": "First rows",
     "data.val_fraction": "Validation split (fraction of rows held out)",
+    "data.dedupe": "Remove exact repeats",
+    "data.dedupe.info": "Examples that occur more than once are trained on once.",
     "data.max_length": "Max tokens per example",
     "data.empty": "Upload a file or pick a demo dataset.",
     "data.lengths": "Token lengths",

@@ -16,8 +16,10 @@ def choices(**kw):
 
 
 def test_spec_carries_every_choice_and_round_trips_through_yaml():
-    spec = build_spec(choices(quantization="nf4-dq", precision="fp32", epochs=3, learning_rate=1e-4, max_steps=0))
-    assert spec.training.bf16 is False
+    spec = build_spec(choices(quantization="nf4-dq", precision="fp32", epochs=3, learning_rate=1e-4, max_steps=0,
+                              dedupe=False))
+    assert spec.training.bf16 is False and spec.data.dedupe is False
+    assert build_spec(choices()).data.dedupe is True
     assert spec.model.precision == "nf4" and spec.model.double_quant is True
     assert spec.method["peft_type"] == "LORA" and spec.method["r"] == 4
     assert spec.method["target_modules"] == ["q_proj", "v_proj"]

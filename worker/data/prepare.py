@@ -226,14 +226,15 @@ class _Builder:
                          f"cut from {length} to {self.max_length} tokens" if truncated else None)
 
 
-def _key(record: dict) -> str:
+def record_key(record: dict) -> str:
+    """Two examples are duplicates when their normalised records are equal."""
     return json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
 
 
 def _dedupe(records: list[dict], indices: list[int], seen: set[str]) -> tuple[list[int], int]:
     kept, removed = [], 0
     for i in indices:
-        key = _key(records[i])
+        key = record_key(records[i])
         if key in seen:
             removed += 1
             continue

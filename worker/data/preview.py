@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 
-from worker.data.prepare import outcomes, tokenize_rows
+from worker.data.prepare import outcomes, record_key, tokenize_rows
 from worker.data.readers import Table
 from worker.data.stats import histogram, summarise
 
 
 def preview_stats(table: Table, shape: str, mapping: dict[str, str], tokenizer, max_length: int,
                   task: str | None = None) -> dict:
-    """What the preview shows: rows, token lengths (summary + histogram), labels, cut or dropped rows.
+    """What the preview shows: rows, token lengths (summary + histogram), labels, cut, dropped or repeated rows.
 
     Raises DataError for a bad mapping or row, exactly as ``prepare`` would.
     """
@@ -25,5 +25,6 @@ def preview_stats(table: Table, shape: str, mapping: dict[str, str], tokenizer, 
         "rows": len(table.rows), "columns": list(table.columns), "file": table.source, "format": table.fmt,
         "encoding": table.encoding, "shape": shape, "mapping": dict(mapping), "max_length": max_length,
         "tokens": summarise(lengths), "histogram": histogram(lengths), "label_balance": balance,
-        "label_names": label_names, **outcomes(table, items),
+        "label_names": label_names, "duplicates": len(records) - len({record_key(r) for r in records}),
+        **outcomes(table, items),
     }

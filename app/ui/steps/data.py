@@ -25,6 +25,7 @@ class DataStep:
     shape: gr.Dropdown
     roles: list[gr.Dropdown]
     val_fraction: gr.Slider
+    dedupe: gr.Checkbox
     max_length: gr.Number
     preview: gr.Dataframe
     stats: gr.Markdown
@@ -52,6 +53,7 @@ def build() -> DataStep:
         with gr.Column(scale=2):
             bundled = gr.Dropdown(bundled_names, value=None, label=t("data.bundled"), elem_id="data-bundled")
             val_fraction = gr.Slider(0.0, 0.5, value=0.1, step=0.05, label=t("data.val_fraction"))
+            dedupe = gr.Checkbox(True, label=t("data.dedupe"), info=t("data.dedupe.info"), elem_id="data-dedupe")
             max_length = gr.Number(512, precision=0, minimum=8, label=t("data.max_length"), elem_id="data-max-length")
     status = gr.Markdown(t("data.empty"), elem_id="data-status")
     shape = gr.Dropdown(_safe(data_preview.shapes, []), value=None, label=t("data.shape"), elem_id="data-shape")
@@ -68,7 +70,7 @@ def build() -> DataStep:
     with gr.Row():
         back = gr.Button(t("back"))
         nxt = gr.Button(t("next"), variant="primary", elem_id="data-next")
-    return DataStep(upload, bundled, status, shape, roles, val_fraction, max_length, preview, stats, histogram,
+    return DataStep(upload, bundled, status, shape, roles, val_fraction, dedupe, max_length, preview, stats, histogram,
                     ref, back, nxt)
 
 
@@ -99,7 +101,7 @@ def register_demo(ctx, name: str | None) -> tuple[str | None, str]:
 
 
 def render_preview(prev: data_preview.DataPreview | None, error: str | None = None,
-                   val_fraction: float = 0.1) -> list[Any]:
+                   val_fraction: float = 0.1, dedupe: bool = True) -> list[Any]:
     """Values for [status, shape, *roles, preview, stats, histogram]."""
     hidden = [gr.update(visible=False, value=None) for _ in range(MAX_ROLES)]
     if prev is None:
@@ -119,7 +121,7 @@ def render_preview(prev: data_preview.DataPreview | None, error: str | None = No
           + "</div>")
     status = ok if prev.problem is None else ok + error_box(prev.problem)
     frame = pd.DataFrame(prev.head).astype(str).map(_short) if prev.head else None
-    stats_md = _stats_markdown(data_preview.summary_rows(prev.stats, val_fraction))
+    stats_md = _stats_markdown(data_preview.summary_rows(prev.stats, val_fraction, dedupe))
     hist = _png_image(prev.histogram_png) if prev.histogram_png else None
     return [status, gr.update(value=prev.shape), *roles, gr.update(value=frame, visible=frame is not None),
             stats_md, gr.update(value=hist, visible=hist is not None)]
