@@ -34,6 +34,9 @@ class TunedModel(nn.Module):
         self.adapter_modules = nn.ModuleDict()
         self.active_adapter: str | None = None
         self._disabled = False
+        # Base tensors an adapter load overwrote (BitFit biases, layer-freeze blocks, full weights), with
+        # their values from before, so that ``disabled()`` can still show the untouched base.
+        self._base_originals: list[tuple[nn.Parameter, torch.Tensor]] = []
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.add_adapter(adapter_name, config)
@@ -211,12 +214,23 @@ class TunedModel(nn.Module):
         for layer in layers:
             layer.disabled = True
         self._disabled = True
+        if not prev:  # nested: the originals are already in place
+            self._swap_base_originals()
         try:
             yield
         finally:
+            if not prev:
+                self._swap_base_originals()
             for layer, state in zip(layers, before):
                 layer.disabled = state
             self._disabled = prev
+
+    def _swap_base_originals(self) -> None:
+        """Trade the loaded base tensors for the originals and back (storage swap, no copy)."""
+        for i, (param, original) in enumerate(self._base_originals):
+            loaded = param.data
+            param.data = original
+            self._base_originals[i] = (param, loaded)
 
     # ----------------------------------------------------------------- merging
     def merge(self, adapter_name: str | None = None) -> None:
@@ -295,11 +309,16 @@ class TunedModel(nn.Module):
         unexpected = [k for k in unexpected if k not in embeddings and not self._is_copy_duplicate(k)]
         if missing or unexpected:
             raise AdapterLoadError(missing, unexpected)
+        base_params = self._base_trainables(adapter_name)
+        kept = {id(p) for p, _ in self._base_originals}
         with torch.no_grad():
             for key, param in params.items():
                 value = state[key]
                 if value.shape != param.shape:
                     raise AdapterLoadError([], [], f"{key}: saved shape {tuple(value.shape)} != {tuple(param.shape)}")
+                if id(param) in base_params and id(param) not in kept:
+                    self._base_originals.append((param, param.detach().clone()))
+                    kept.add(id(param))
                 param.copy_(value.to(param.dtype))
             for key, param in embeddings.items():
                 if state[key].shape != param.shape:
@@ -308,6 +327,12 @@ class TunedModel(nn.Module):
                         f"{tuple(param.shape)}; resize the model's token embeddings to the adapter's vocabulary"
                     )
                 param.copy_(state[key].to(param.dtype))
+
+    def _base_trainables(self, adapter_name: str) -> set[int]:
+        method = method_for(self.configs[adapter_name])
+        if method.base_trainables is None:
+            return set()
+        return {id(p) for p in method.base_trainables(self.model, self.configs[adapter_name]).values()}
 
     def _is_copy_duplicate(self, key: str) -> bool:
         """peft (bias="all") also writes a module-to-save copy's bias as ``<module>.modules_to_save.bias``, a

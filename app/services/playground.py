@@ -2,7 +2,8 @@
 for classification runs.
 
 One TunedModel serves both columns: the base output is produced inside ``tuned.disabled()``, so the
-two differ only by the adapter. Prompts go through the tokenizer's chat template when it has one
+two differ only by the adapter (base tensors a method trained in place, as BitFit or full
+fine-tuning do, are swapped back to their originals there). Prompts go through the tokenizer's chat template when it has one
 (the way chat data was trained). The last loaded run is kept in a :class:`Playground` instance the
 studio owns (no module-level cache).
 """
@@ -118,8 +119,9 @@ def generate(
 
 @torch.no_grad()
 def label_probabilities(loaded: Loaded, text: str) -> tuple[dict[str, float], dict[str, float]]:
-    """(base, tuned) label -> probability. The base keeps the trained head (an untrained one means
-    nothing), so the difference shows what the adapter's layers add."""
+    """(base, tuned) label -> probability. The base column is the model as it was before training,
+    head included: a head the run added starts untrained, so the base is close to uniform and the
+    difference shows what the run bought."""
     if loaded.task != "SEQ_CLS":
         raise PlaygroundError("this run is not a classifier")
     enc = loaded.tokenizer(text, return_tensors="pt", truncation=True)
