@@ -103,10 +103,11 @@ def model_card(tuned: TunedModel, adapter_name: str) -> str:
     total = sum(p.numel() for p in tuned.parameters())
     base = config.base_model_name_or_path or "the base model"
     targets = config.target_modules if config.target_modules is not None else "(whole model)"
+    peft_ok, reason = method.peft_loads(tuned, adapter_name)
     loader = (
         "from peft import PeftModel\nmodel = PeftModel.from_pretrained(base_model, \"path/to/this/folder\")\n"
-        if method.peft_compatible
-        else "# this method has no peft equivalent; load it with tunestudio's tuners\n"
+        if peft_ok
+        else f"# peft cannot load this adapter: {reason}; load it with TuneStudio's tuners\n"
     )
     return f"""---
 library_name: peft

@@ -42,6 +42,8 @@ class Method:
         prompt-learning models save them under ``base_model.`` rather than ``base_model.model.``.
     state_to_disk / state_from_disk: rewrite the adapter's tensors (on-disk keys) between the in-memory
         and the on-disk layout (AdaLoRA keeps masked ranks in memory; peft's files drop them).
+    peft_caveat: why peft cannot load this particular adapter although it has the method (a layer
+        type peft does not wrap), or None; the model card and the run log say it.
     """
 
     peft_type: str
@@ -63,3 +65,11 @@ class Method:
     key_prefix: str = "base_model.model."
     state_to_disk: Callable[[TunedModel, str, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
     state_from_disk: Callable[[TunedModel, str, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+    peft_caveat: Callable[[TunedModel, str], str | None] | None = None
+
+    def peft_loads(self, tuned: TunedModel, adapter_name: str) -> tuple[bool, str | None]:
+        """(whether peft can load this adapter, the reason when it cannot)."""
+        if not self.peft_compatible:
+            return False, f"peft has no {self.name}"
+        reason = self.peft_caveat(tuned, adapter_name) if self.peft_caveat is not None else None
+        return reason is None, reason

@@ -284,6 +284,9 @@ def train(
     params = [p for p in tuned.parameters() if p.requires_grad]
     if not params:
         raise ValueError("method: the adapter has no trainable parameters for this model")
+    peft_ok, reason = tuned.method.peft_loads(tuned, tuned.active_adapter)
+    if not peft_ok:
+        reporter.log(f"method: note: {reason}; the adapter will load with TuneStudio's tuners only")
 
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.scheduler, t.warmup_steps, total_steps))

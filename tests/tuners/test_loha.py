@@ -84,3 +84,20 @@ def test_training_lowers_the_loss(family):
 def test_invalid_config_names_the_field(field, value):
     with pytest.raises(tuners.ConfigError, match=rf"^{field}"):
         LohaConfig(target_modules=["q_proj"], **{field: value}).validate()
+
+
+def test_on_gpt2_conv1d_the_model_card_and_the_oracle_agree_that_peft_cannot_load_it(tmp_path):
+    from peft import PeftModel
+
+    on_llama = tuners.apply(tiny_model("llama"), LohaConfig(r=2, target_modules=["q_proj"]))
+    assert on_llama.method.peft_loads(on_llama, "default") == (True, None)
+    tuned = tuners.apply(tiny_model("gpt2"), LohaConfig(r=2, target_modules=["c_attn", "c_fc"]))
+    ok, reason = tuned.method.peft_loads(tuned, "default")
+    assert not ok and "Conv1D" in reason and "c_attn, c_fc" in reason
+    tuned.save_pretrained(tmp_path / "a")
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert "peft cannot load this adapter" in card and "PeftModel.from_pretrained" not in card
+    with pytest.raises((ValueError, TypeError), match="(?i)conv1d|not supported"):
+        PeftModel.from_pretrained(tiny_model("gpt2"), str(tmp_path / "a"))
+    inputs = inputs_for("gpt2", "CAUSAL_LM")
+    assert torch.equal(logits(tuners.load(tiny_model("gpt2"), tmp_path / "a"), inputs), logits(tuned, inputs))

@@ -19,7 +19,7 @@ from torch import nn
 from tuners.config import AdapterConfig, ConfigError, default_field
 from tuners.layers import AdapterLayer, add_to_base_weight, base_weight, replace_module
 from tuners.methods.lora import _adapter_dtype, _pattern_value
-from tuners.targets import linear_dims, resolve_targets
+from tuners.targets import is_fan_in_fan_out, linear_dims, resolve_targets
 
 
 class DeltaWeightLayer(AdapterLayer):
@@ -149,3 +149,14 @@ def rank_and_alpha(config, module_name: str) -> tuple[int, float]:
     r = _pattern_value(config.rank_pattern, module_name, config.r)
     alpha = _pattern_value(config.alpha_pattern, module_name, config.alpha)
     return int(r), float(alpha)
+
+
+def conv1d_caveat(tuned: nn.Module, adapter_name: str) -> str | None:
+    """peft (0.21) wraps only torch layers with LoHa/LoKr, not GPT-2's ``Conv1D``: we do, so say so."""
+    names = [path for path, layer in tuned.adapter_layers()
+             if isinstance(layer, DeltaWeightLayer) and adapter_name in layer.adapter_names
+             and is_fan_in_fan_out(layer.base_layer)]
+    if not names:
+        return None
+    shown = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in names}))
+    return f"peft does not apply {tuned.configs[adapter_name].peft_type} to GPT-2 Conv1D layers ({shown})"

@@ -21,6 +21,7 @@ from tuners.method import Method
 from tuners.methods.delta_weight import (
     DeltaWeightLayer,
     LycorisConfig,
+    conv1d_caveat,
     inject_delta_layers,
     rank_and_alpha,
 )
@@ -85,4 +86,5 @@ METHOD = Method(
     config_cls=LohaConfig,
     inject=inject,
     summary="Hadamard product of two low-rank updates: rank up to r² for LoRA's parameter count; mergeable.",
+    peft_caveat=conv1d_caveat,
 )

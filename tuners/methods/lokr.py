@@ -22,6 +22,7 @@ from tuners.method import Method
 from tuners.methods.delta_weight import (
     DeltaWeightLayer,
     LycorisConfig,
+    conv1d_caveat,
     inject_delta_layers,
     rank_and_alpha,
 )
@@ -134,4 +135,5 @@ METHOD = Method(
     config_cls=LokrConfig,
     inject=inject,
     summary="Kronecker product of two small factors: a full-rank-capable update from few parameters; mergeable.",
+    peft_caveat=conv1d_caveat,
 )
