@@ -72,9 +72,11 @@ def save(f: DraftFields, *values: Any) -> dict[str, Any]:
 
 
 def restore(f: DraftFields, draft: Any) -> list[Any]:
-    """Updates for ``f.restore_outputs()``: the stored value, or no change."""
+    """Updates for ``f.restore_outputs()``: the stored value where it differs from the page's
+    default, else no change (an update fires the field's change listeners for nothing)."""
     values = draft_service.unpack(draft, f.restored, f.accept)
-    return [values[k] if k in values else gr.skip() for k in f.restored]
+    defaults = {k: getattr(c, "value", None) for k, c in zip(f.keys, f.components)}
+    return [values[k] if k in values and values[k] != defaults[k] else gr.skip() for k in f.restored]
 
 
 def stored(f: DraftFields, draft: Any, key: str, default: Any = None) -> Any:
