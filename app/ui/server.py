@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 
@@ -10,9 +11,11 @@ from app.settings import Settings
 
 def launch_kwargs(settings: Settings) -> dict:
     """Everything ``Blocks.launch`` gets: local only, no share link, no SSR, no outside requests."""
+    import gradio as gr
+
     from app.ui.theme import CSS, theme
 
-    return dict(
+    kwargs = dict(
         server_name=settings.host,
         server_port=settings.port,
         share=False,
@@ -28,10 +31,13 @@ def launch_kwargs(settings: Settings) -> dict:
         mcp_server=False,
         show_error=True,
         quiet=True,
-        # Gradio's only use of this flag is a 3-second HEAD probe of its own URL whose failure (a busy
-        # machine) it answers by suggesting a public share link: we never share, so the probe only harms.
-        _frontend=False,
     )
+    # Gradio's only use of this private flag is a 3-second HEAD probe of its own URL whose failure (a
+    # busy machine) it answers by suggesting a public share link: we never share, so the probe only
+    # harms. Passed only while this Gradio still has it, so a release without it cannot break start-up.
+    if "_frontend" in inspect.signature(gr.Blocks.launch).parameters:
+        kwargs["_frontend"] = False
+    return kwargs
 
 
 def serve(settings: Settings | None = None, embedded_worker: bool = True, block: bool = True):
