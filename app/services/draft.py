@@ -11,9 +11,16 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.registry.spec import RunSpec
 
 DRAFT_VERSION = 1
+# The draft's field names: model.*, data.* (data.role.<i> follows the shape's roles in order),
+# method.choice and method.<PEFT_TYPE>.<field>, train.preset and train.<name> below, wizard.step.
+TRAIN_FIELDS = ("name", "epochs", "learning_rate", "batch_size", "max_steps", "grad_accum", "warmup_steps",
+                "scheduler", "weight_decay", "eval_every", "checkpoint_every", "seed")
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -60,6 +67,40 @@ def one_of(choices: Iterable[Any]) -> Callable[[Any], bool]:
 def dataset_ref(value: Any) -> bool:
     """Only a registered dataset comes back from a draft, never a path."""
     return isinstance(value, str) and re.fullmatch(r"dataset:\d+", value) is not None
+
+
+def from_spec(spec: RunSpec, run_id: int) -> dict[str, Any]:
+    """A draft that fills the wizard with a finished run's choices, opened on the train step, so a
+    person can change one thing and run again."""
+    from app.registry.catalog import bundled_model
+    from app.services.data_preview import roles_for
+    from app.services.method_form import describe_method
+    from app.services.wizard import PRECISION_TO_BF16, QUANT_TO_SPEC
+
+    m, d, t = spec.model, spec.data, spec.training
+    entry = bundled_model(m.name)
+    values: dict[str, Any] = {
+        "model.bundled": entry.name if entry else None, "model.custom": "" if entry else m.name,
+        "model.trust": m.trust_remote_code,
+        "model.precision": next((k for k, v in PRECISION_TO_BF16.items() if v == t.bf16), "auto"),
+        "model.quantization": next((k for k, v in QUANT_TO_SPEC.items() if v == (m.precision, m.double_quant)),
+                                   "none"),
+        "data.ref": d.dataset, "data.val_fraction": d.val_fraction, "data.dedupe": d.dedupe,
+        "data.max_length": d.max_length, "data.shape": None if d.shape == "auto" else d.shape,
+        "method.choice": spec.method["peft_type"],
+        "train.preset": None, "train.name": f"{spec.name} (from #{run_id})",
+        "wizard.step": 3,
+    }
+    for i, role in enumerate(roles_for(d.shape) if d.shape != "auto" else []):
+        values[f"data.role.{i}"] = d.mapping.get(role, "")
+    for f in describe_method(spec.method["peft_type"]).fields:
+        if f.name in spec.method:
+            values[f"method.{spec.method['peft_type']}.{f.name}"] = f.form_value(spec.method[f.name])
+    for name in TRAIN_FIELDS[1:]:
+        values[f"train.{name}"] = getattr(t, name)
+    values["train.max_steps"] = t.max_steps or 0
+    kept = {k: v for k, v in values.items() if _is_plain(v)}
+    return {"version": DRAFT_VERSION, "values": kept}
 
 
 def browser_secret(home: Path) -> str:

@@ -48,14 +48,17 @@ class FieldSpec:
         return self.name.replace("_", " ")
 
     def form_default(self) -> Any:
-        """The default as the form widget shows it (text boxes hold text)."""
+        return self.form_value(self.default)
+
+    def form_value(self, value: Any) -> Any:
+        """A config value as the form widget shows it (text boxes hold text)."""
         if self.kind == "modules":
-            return modules_to_text(self.default)
+            return modules_to_text(value)
         if self.kind == "json":
-            return "" if self.default is None else json.dumps(self.default)
-        if self.kind in ("text", "int", "float") and self.default is None:
+            return "" if value is None else json.dumps(value)
+        if self.kind in ("text", "int", "float") and value is None:
             return None if self.kind != "text" else ""
-        return self.default
+        return value
 
 
 @dataclass(frozen=True)

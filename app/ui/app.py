@@ -50,12 +50,12 @@ def build_app(ctx: Context) -> gr.Blocks:
                 pt = playground_tab.build()
 
         stored = draft_ui.browser_state(ctx.settings.home)
-        _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored)
+        open_in_wizard = _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored)
         _wire_run_view(ctx, demo, tabs, rv, stored)
         run_tab_item.select(None, rv.picker, None, js=run_view.SET_URL_JS)
         for item in (new_tab_item, runs_tab_item, play_tab_item):
             item.select(None, None, None, js=run_view.CLEAR_URL_JS)
-        _wire_runs(ctx, demo, tabs, rt, rv, runs_tab_item)
+        _wire_runs(ctx, demo, tabs, rt, rv, runs_tab_item, stored, open_in_wizard)
         _wire_playground(ctx, demo, pt, pg, play_tab_item)
     return demo
 
@@ -65,7 +65,7 @@ def _go(step: int):
     return lambda: (gr.Walkthrough(selected=step), step)
 
 
-def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored) -> None:
+def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored):
     at_step = gr.State(0)
     nav = [wizard, at_step]
     models_dir = ctx.settings.models_dir
@@ -222,13 +222,14 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored) -> None:
     gr.on([c.change for c in fields.components], lambda *v: draft_ui.save(fields, *v), fields.components, stored,
           queue=False, show_progress="hidden", api_visibility="private")
 
-    def restore(draft):
+    def restore(draft, fresh_page=True):
         step = draft_ui.stored(fields, draft, "wizard.step")
-        return [*draft_ui.restore(fields, draft), gr.Walkthrough(selected=step) if step is not None else gr.skip(),
-                draft]
+        return [*draft_ui.restore(fields, draft, fresh_page),
+                gr.Walkthrough(selected=step) if step is not None else gr.skip(), draft]
 
     def recheck(draft, bundled, custom, trust):
-        if draft_ui.stored(fields, draft, "model.info", "") in ("", t("model.info.empty")):
+        checked = draft_ui.stored(fields, draft, "model.info", "") not in ("", t("model.info.empty"))
+        if not checked and not draft_ui.stored(fields, draft, "wizard.step"):
             return gr.skip(), gr.skip()  # the model was never checked
         return check(bundled, custom, trust)
 
@@ -244,10 +245,22 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored) -> None:
 
     ms.start_over.click(None, None, None, js=draft_ui.START_OVER_JS)
 
-    demo.load(restore, stored, [*fields.restore_outputs(), wizard, loaded], api_visibility="private").then(
-        recheck, [loaded, ms.bundled, ms.custom, ms.trust], [ms.state, ms.info]).then(
-        repreview, [loaded, ds.ref, ms.state, ds.max_length, ds.val_fraction, ds.dedupe], preview_outputs).then(
-        **count_event).then(model_step.estimate_rows, estimate_inputs, ms.estimate)
+    restore_outputs = [*fields.restore_outputs(), wizard, loaded]
+
+    def redo_derived(restored):
+        """After the fields are back: the model check, the data preview and the counts, redone."""
+        restored.then(recheck, [loaded, ms.bundled, ms.custom, ms.trust], [ms.state, ms.info]).then(
+            repreview, [loaded, ds.ref, ms.state, ds.max_length, ds.val_fraction, ds.dedupe], preview_outputs).then(
+            **count_event).then(model_step.estimate_rows, estimate_inputs, ms.estimate)
+
+    redo_derived(demo.load(restore, stored, restore_outputs, api_visibility="private"))
+
+    def open_in_wizard(trigger) -> None:
+        """``trigger`` has just stored a draft: put it in the wizard (every field) and bring it to the front."""
+        redo_derived(trigger.then(lambda draft: restore(draft, fresh_page=False), stored, restore_outputs).then(
+            lambda: gr.Tabs(selected="new"), None, tabs).then(None, None, None, js=run_view.CLEAR_URL_JS))
+
+    return open_in_wizard
 
 
 def _wire_run_view(ctx, demo, tabs, rv, stored) -> None:
@@ -273,7 +286,7 @@ def _wire_run_view(ctx, demo, tabs, rv, stored) -> None:
     rv.merge.click(lambda rid: run_view.prepare_merged(ctx, rid), rv.picker, [rv.message, rv.merge, rv.merged])
 
 
-def _wire_runs(ctx, demo, tabs, rt, rv, tab_item) -> None:
+def _wire_runs(ctx, demo, tabs, rt, rv, tab_item, stored, open_in_wizard) -> None:
     def refresh(status, text):
         frame, choices = runs_tab.table_and_choices(ctx, status, text)
         return frame, gr.Dropdown(choices=choices), gr.Dropdown(choices=choices)
@@ -287,6 +300,7 @@ def _wire_runs(ctx, demo, tabs, rt, rv, tab_item) -> None:
     rt.compare.change(lambda ids: _compare(ctx, ids), rt.compare, rt.chart)
     rt.delete.click(lambda rid, ok: runs_tab.delete(ctx, rid, ok), [rt.selected, rt.confirm], rt.message).then(
         refresh, [rt.status, rt.text], refresh_outputs)
+    open_in_wizard(rt.reuse.click(lambda rid: runs_tab.draft_from_run(ctx, rid), rt.selected, [stored, rt.message]))
     rt.open_run.click(lambda rid: (gr.Tabs(selected="run"), gr.Dropdown(choices=run_view.run_choices(ctx),
                                                                          value=rid)),
                       rt.selected, [tabs, rv.picker]).then(None, rv.picker, None, js=run_view.SET_URL_JS)

@@ -46,7 +46,7 @@ def fields(ms, ds, me, ts, at_step: gr.State) -> DraftFields:
         ("data.ref", ds.ref), ("method.choice", me.choice),
         *((f"method.{pt}.{name}", comp) for (pt, name), comp in zip(me.keys, me.inputs)),
         ("train.preset", ts.preset),
-        *((f"train.{name}", comp) for name, comp in zip(TRAIN_NAMES, ts.values())),
+        *((f"train.{name}", comp) for name, comp in zip(draft_service.TRAIN_FIELDS, ts.values(), strict=True)),
         ("wizard.step", at_step),
     ]
     derived = [("model.info", ms.info), ("data.shape", ds.shape), *((f"data.role.{i}", r) for i, r in enumerate(ds.roles))]
@@ -60,10 +60,6 @@ def fields(ms, ds, me, ts, at_step: gr.State) -> DraftFields:
     return DraftFields(keys, components, [k for k, _ in named], accept)
 
 
-TRAIN_NAMES = ("name", "epochs", "learning_rate", "batch_size", "max_steps", "grad_accum", "warmup_steps",
-               "scheduler", "weight_decay", "eval_every", "checkpoint_every", "seed")
-
-
 EMPTY = draft_service.pack([], [])  # stored rather than None, which the page would not write
 
 
@@ -71,12 +67,13 @@ def save(f: DraftFields, *values: Any) -> dict[str, Any]:
     return draft_service.pack(f.keys, values)
 
 
-def restore(f: DraftFields, draft: Any) -> list[Any]:
-    """Updates for ``f.restore_outputs()``: the stored value where it differs from the page's
-    default, else no change (an update fires the field's change listeners for nothing)."""
+def restore(f: DraftFields, draft: Any, fresh_page: bool = True) -> list[Any]:
+    """Updates for ``f.restore_outputs()``. On a freshly loaded page, fields whose stored value is the
+    page's default are left alone (an update fires their change listeners for nothing)."""
     values = draft_service.unpack(draft, f.restored, f.accept)
     defaults = {k: getattr(c, "value", None) for k, c in zip(f.keys, f.components)}
-    return [values[k] if k in values and values[k] != defaults[k] else gr.skip() for k in f.restored]
+    return [values[k] if k in values and not (fresh_page and values[k] == defaults[k]) else gr.skip()
+            for k in f.restored]
 
 
 def stored(f: DraftFields, draft: Any, key: str, default: Any = None) -> Any:

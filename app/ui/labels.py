@@ -93,6 +93,7 @@ LABELS: dict[str, str] = {
     "runs.compare.chart": "Eval (or train) loss of the selected runs",
     "runs.compare.legend": "run",
     "runs.open": "Open in run view",
+    "runs.reuse": "New run from this one",
     # playground
     "play.run": "Finished run",
     "play.prompt": "Prompt",

@@ -44,7 +44,13 @@ def set_number(page, elem_id: str, value) -> None:
 def pick(page, elem_id: str, option) -> None:
     """Choose an option of a dropdown the way a person does: open it, click the option."""
     page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option).click()
+    page.locator(f"#{elem_id}").get_by_role("option", name=option).click()
+    page.keyboard.press("Escape")  # a multiselect stays open otherwise
+
+
+def back(page) -> None:
+    """The wizard's Back button on the step in front (the other steps keep theirs, hidden)."""
+    page.locator("button:visible", has_text="Back").first.click()
 
 
 def check_local_model(page, studio, model_dir, architecture: str) -> None:
@@ -268,6 +274,19 @@ def test_classifier_from_a_demo_dataset_shows_label_probabilities(page, studio, 
     page.wait_for_function(f"() => ({LEGEND_JS})('runs-chart').some(t => /^#\\d+ eval$/.test(t))", timeout=30_000)
     shot(page, "c4-runs-compared")
 
+    # and a new run from this one: the wizard opens on the train step with the run's choices
+    pick(page, "runs-selected", re.compile("browser-classifier"))
+    page.locator("#runs-reuse").click()
+    expect(field(page, "train-name")).to_have_value(re.compile(r"^browser-classifier \(from #\d+\)$"),
+                                                    timeout=30_000)
+    expect(page.locator("#train-max-steps input[type=number]").first).to_have_value("12")
+    assert "run=" not in page.url, page.url
+    back(page)
+    back(page)
+    expect(page.locator("#data-ok")).to_contain_text("classification", timeout=60_000)
+    expect(page.locator("#data-max-length input[type=number]").first).to_have_value("128")
+    shot(page, "c5-new-run-from-old")
+
 
 def test_a_reload_keeps_the_half_filled_wizard(page, studio, tmp_path):
     model_dir = save_tiny_model(tmp_path / "tiny-llama")
@@ -294,13 +313,13 @@ def test_a_reload_keeps_the_half_filled_wizard(page, studio, tmp_path):
     page.get_by_role("button", name=re.compile("Equivalent spec")).click()
     expect(page.locator("#train-yaml")).to_contain_text("precision: nf4", timeout=30_000)
     shot(page, "r1-train-after-reload")
-    page.get_by_role("button", name="Back").first.click()
+    back(page)
     expect(page.locator("#method-lora-r input[type=number]").first).to_have_value("16")
     expect(page.locator("#method-count")).to_contain_text("Trainable parameters", timeout=30_000)
-    page.get_by_role("button", name="Back").first.click()
+    back(page)
     expect(page.locator("#data-ok")).to_contain_text("48 rows", timeout=60_000)
     page.locator("#data-preview").get_by_text("Q0: what colour is the sky?").first.wait_for()
-    page.get_by_role("button", name="Back").first.click()
+    back(page)
     expect(field(page, "model-custom")).to_have_value(str(model_dir))
     expect(page.locator("#model-info")).to_contain_text("LlamaForCausalLM", timeout=60_000)
     expect(page.locator("#model-quantization input")).to_have_value("NF4 + double quantization (QLoRA)")

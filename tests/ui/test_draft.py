@@ -46,3 +46,35 @@ def test_the_browser_secret_is_made_once_private_and_then_reused(tmp_path):
 def test_an_empty_or_foreign_draft_has_no_values_waiting():
     assert draft.has_values(draft.pack(["train.name"], ["x"]))
     assert not any(draft.has_values(d) for d in [None, draft.pack([], []), {"version": 99, "values": {"a": 1}}])
+
+
+def test_a_draft_from_a_run_rebuilds_the_same_spec_through_the_wizard(tmp_path):
+    """The wizard reads a draft field by field; fed back through the wizard's own mapping, a run's
+    draft gives back that run's spec (only the name says where it came from)."""
+    from app.services.data_preview import roles_for
+    from app.services.wizard import WizardChoices, build_spec
+
+    spec = build_spec(WizardChoices(
+        name="colours", model="SmolLM2-135M-Instruct", dataset="dataset:7", peft_type="LORA",
+        method_values={"r": "4", "target_modules": "q_proj, v_proj", "lora_alpha": "8", "use_dora": True},
+        shape="instruction", mapping={"instruction": "question", "input": "", "output": "answer"},
+        precision="fp32", quantization="nf4-dq", val_fraction=0.2, dedupe=False, max_length=256, epochs=3,
+        learning_rate=1e-4, batch_size=2, max_steps=40, grad_accum=2, warmup_steps=5, scheduler="cosine",
+        weight_decay=0.01, eval_every=10, checkpoint_every=20, seed=7,
+    ))
+    values = draft.unpack(draft.from_spec(spec, 12), [*draft.from_spec(spec, 12)["values"]])
+    assert values["wizard.step"] == 3 and values["train.name"] == "colours (from #12)"
+    assert values["model.bundled"] == "SmolLM2-135M-Instruct" and values["model.custom"] == ""
+    assert values["method.LORA.target_modules"] == "q_proj, v_proj"
+    shape = values["data.shape"]
+    rebuilt = build_spec(WizardChoices(
+        name="colours", model=values["model.custom"] or values["model.bundled"], dataset=values["data.ref"],
+        peft_type=values["method.choice"],
+        method_values={k.split(".", 2)[2]: v for k, v in values.items() if k.startswith("method.LORA.")},
+        shape=shape, mapping={r: values[f"data.role.{i}"] for i, r in enumerate(roles_for(shape))},
+        trust_remote_code=values["model.trust"], precision=values["model.precision"],
+        quantization=values["model.quantization"], val_fraction=values["data.val_fraction"],
+        dedupe=values["data.dedupe"], max_length=values["data.max_length"],
+        **{name: values[f"train.{name}"] for name in draft.TRAIN_FIELDS[1:]},
+    ))
+    assert rebuilt.to_dict() == spec.to_dict()

@@ -1,15 +1,17 @@
 """All runs: table with filter, detail with the full config (as the YAML `tunestudio train` takes),
-loss curves of several runs on one chart, delete with artifacts."""
+loss curves of several runs on one chart, a new run started from an old one's choices, delete with
+artifacts."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 import pandas as pd
 
 from app.registry.models import RUN_STATUSES
-from app.services import run_table, runs
+from app.services import draft, run_table, runs
 from app.ui.labels import t
 
 
@@ -23,6 +25,7 @@ class RunsTab:
     config: gr.Code
     download_yaml: gr.DownloadButton
     open_run: gr.Button
+    reuse: gr.Button
     delete: gr.Button
     confirm: gr.Checkbox
     message: gr.Markdown
@@ -44,6 +47,7 @@ def build() -> RunsTab:
                              elem_id="runs-config")
             with gr.Row():
                 open_run = gr.Button(t("runs.open"))
+                reuse = gr.Button(t("runs.reuse"), elem_id="runs-reuse")
                 download_yaml = gr.DownloadButton(t("runs.download_yaml"), visible=False)
             with gr.Row():
                 confirm = gr.Checkbox(False, label=t("runs.delete.confirm"))
@@ -54,7 +58,7 @@ def build() -> RunsTab:
             gr.Markdown(f"#### {t('runs.compare.chart')}")
             chart = gr.LinePlot(None, x="step", y="loss", color="series", color_title=t("runs.compare.legend"),
                                 show_label=False, height=320, elem_id="runs-chart")
-    return RunsTab(status, text, refresh, table, selected, config, download_yaml, open_run, delete, confirm,
+    return RunsTab(status, text, refresh, table, selected, config, download_yaml, open_run, reuse, delete, confirm,
                    message, compare, chart)
 
 
@@ -73,6 +77,13 @@ def detail(ctx, run_id):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(spec.to_yaml(), encoding="utf-8")
     return spec.to_yaml(), gr.update(value=str(path), visible=True)
+
+
+def draft_from_run(ctx, run_id) -> tuple[Any, str]:
+    """[wizard draft, message]: the run's choices for a new run, or why not."""
+    if not run_id:
+        return gr.skip(), "Pick a run first."
+    return draft.from_spec(runs.get_spec(ctx, int(run_id)), int(run_id)), ""
 
 
 def delete(ctx, run_id, confirmed: bool) -> str:
