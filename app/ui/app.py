@@ -257,7 +257,8 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored):
 
     def open_in_wizard(trigger) -> None:
         """``trigger`` has just stored a draft: put it in the wizard (every field) and bring it to the front."""
-        redo_derived(trigger.then(lambda draft: restore(draft, fresh_page=False), stored, restore_outputs).then(
+        cleared = trigger.then(lambda: data_step.render_preview(None), None, preview_outputs)
+        redo_derived(cleared.then(lambda draft: restore(draft, fresh_page=False), stored, restore_outputs).then(
             lambda: gr.Tabs(selected="new"), None, tabs).then(None, None, None, js=run_view.CLEAR_URL_JS))
 
     return open_in_wizard

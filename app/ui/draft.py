@@ -71,6 +71,8 @@ def restore(f: DraftFields, draft: Any, fresh_page: bool = True) -> list[Any]:
     """Updates for ``f.restore_outputs()``. On a freshly loaded page, fields whose stored value is the
     page's default are left alone (an update fires their change listeners for nothing)."""
     values = draft_service.unpack(draft, f.restored, f.accept)
+    if not fresh_page:
+        values.setdefault("data.ref", None)  # a run whose data was a file path: the wizard asks again
     defaults = {k: getattr(c, "value", None) for k, c in zip(f.keys, f.components)}
     return [values[k] if k in values and not (fresh_page and values[k] == defaults[k]) else gr.skip()
             for k in f.restored]

@@ -78,3 +78,28 @@ def test_a_draft_from_a_run_rebuilds_the_same_spec_through_the_wizard(tmp_path):
         **{name: values[f"train.{name}"] for name in draft.TRAIN_FIELDS[1:]},
     ))
     assert rebuilt.to_dict() == spec.to_dict()
+
+
+def test_a_run_whose_data_was_a_file_path_leaves_the_data_step_empty():
+    from app.registry.spec import DataSpec, ModelSpec, RunSpec
+
+    spec = RunSpec(name="cli", model=ModelSpec(name="SmolLM2-135M-Instruct"),
+                   data=DataSpec(dataset="/data/colours.jsonl"), method={"peft_type": "LORA"})
+    stored = draft.from_spec(spec, 3)
+    assert draft.unpack(stored, ["data.ref"], {"data.ref": draft.dataset_ref}) == {}
+
+
+def test_restoring_into_a_used_page_sets_every_field_and_forgets_an_old_dataset():
+    import gradio as gr
+
+    from app.ui import draft as draft_ui
+
+    with gr.Blocks():
+        fields = draft_ui.DraftFields(
+            keys=["data.ref", "train.name", "train.seed"], components=[gr.State(None), gr.Textbox(""), gr.Number(42)],
+            restored=["data.ref", "train.name", "train.seed"], accept={"data.ref": draft.dataset_ref})
+    stored = draft.pack(["train.name", "train.seed"], ["again", 42])
+    on_load = draft_ui.restore(fields, stored, fresh_page=True)
+    assert on_load[1] == "again" and all(isinstance(v, type(gr.skip())) for v in (on_load[0], on_load[2]))
+    into_used_page = draft_ui.restore(fields, stored, fresh_page=False)
+    assert into_used_page == [None, "again", 42]
