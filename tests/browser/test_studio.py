@@ -48,9 +48,9 @@ def pick(page, elem_id: str, option) -> None:
     page.keyboard.press("Escape")  # a multiselect stays open otherwise
 
 
-def back(page) -> None:
-    """The wizard's Back button on the step in front (the other steps keep theirs, hidden)."""
-    page.locator("button:visible", has_text="Back").first.click()
+def back(page, step: str) -> None:
+    """Step ``step``'s Back button (each step has its own; the others stay in the page, hidden)."""
+    page.locator(f"#{step}-back").click()
 
 
 def check_local_model(page, studio, model_dir, architecture: str) -> None:
@@ -281,8 +281,8 @@ def test_classifier_from_a_demo_dataset_shows_label_probabilities(page, studio, 
                                                     timeout=30_000)
     expect(page.locator("#train-max-steps input[type=number]").first).to_have_value("12")
     assert "run=" not in page.url, page.url
-    back(page)
-    back(page)
+    back(page, "train")
+    back(page, "method")
     expect(page.locator("#data-ok")).to_contain_text("classification", timeout=60_000)
     expect(page.locator("#data-max-length input[type=number]").first).to_have_value("128")
     shot(page, "c5-new-run-from-old")
@@ -313,13 +313,13 @@ def test_a_reload_keeps_the_half_filled_wizard(page, studio, tmp_path):
     page.get_by_role("button", name=re.compile("Equivalent spec")).click()
     expect(page.locator("#train-yaml")).to_contain_text("precision: nf4", timeout=30_000)
     shot(page, "r1-train-after-reload")
-    back(page)
+    back(page, "train")
     expect(page.locator("#method-lora-r input[type=number]").first).to_have_value("16")
     expect(page.locator("#method-count")).to_contain_text("Trainable parameters", timeout=30_000)
-    back(page)
+    back(page, "method")
     expect(page.locator("#data-ok")).to_contain_text("48 rows", timeout=60_000)
     page.locator("#data-preview").get_by_text("Q0: what colour is the sky?").first.wait_for()
-    back(page)
+    back(page, "data")
     expect(field(page, "model-custom")).to_have_value(str(model_dir))
     expect(page.locator("#model-info")).to_contain_text("LlamaForCausalLM", timeout=60_000)
     expect(page.locator("#model-quantization input")).to_have_value("NF4 + double quantization (QLoRA)")

@@ -68,7 +68,7 @@ def build() -> DataStep:
                              elem_id="data-histogram", visible=False)
     ref = gr.State(None)
     with gr.Row():
-        back = gr.Button(t("back"))
+        back = gr.Button(t("back"), elem_id="data-back")
         nxt = gr.Button(t("next"), variant="primary", elem_id="data-next")
     return DataStep(upload, bundled, status, shape, roles, val_fraction, dedupe, max_length, preview, stats, histogram,
                     ref, back, nxt)

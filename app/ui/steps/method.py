@@ -70,7 +70,7 @@ def build() -> MethodStep:
     count = gr.Markdown(t("method.count.pending"), elem_id="method-count")
     trainable = gr.State(0)
     with gr.Row():
-        back = gr.Button(t("back"))
+        back = gr.Button(t("back"), elem_id="method-back")
         nxt = gr.Button(t("next"), variant="primary", elem_id="method-next")
     return MethodStep(choice, groups, inputs, keys, summary, count, trainable, back, nxt, summaries)
 

@@ -64,7 +64,7 @@ def build() -> TrainStep:
         yaml = gr.Code(language="yaml", interactive=False, lines=12, max_lines=24, elem_id="train-yaml")
     message = gr.Markdown(elem_id="train-message")
     with gr.Row():
-        back = gr.Button(t("back"))
+        back = gr.Button(t("back"), elem_id="train-back")
         submit = gr.Button(t("train.submit"), variant="primary", elem_id="train-submit")
     return TrainStep(preset, name, epochs, lr, batch, max_steps, grad_accum, warmup, scheduler, weight_decay,
                      eval_every, checkpoint_every, seed, message, yaml, back, submit)
