@@ -11,6 +11,7 @@ import pytest
 from playwright.sync_api import expect
 
 from app.services.wizard import PRESETS
+from app.ui.draft import STORAGE_KEY
 from tests.browser.conftest import ARTIFACTS, shot
 from tests.engine.helpers import save_tiny_model
 
@@ -91,6 +92,9 @@ LEGEND_JS = """(id) => { const box = document.querySelector('#' + id).getBoundin
     return Array.from(document.querySelectorAll('#' + id + ' g.role-legend text')).filter(t => {
         const r = t.getBoundingClientRect(); return r.height > 0 && r.bottom <= box.bottom && r.top >= box.top; })
         .map(t => t.textContent); }"""
+
+
+STORED_DRAFT_JS = f"() => window.localStorage.getItem('{STORAGE_KEY}')"
 
 
 def legend_in_view(page, elem_id: str) -> list[str]:
@@ -301,9 +305,10 @@ def test_a_reload_keeps_the_half_filled_wizard(page, studio, tmp_path):
     set_number(page, "method-lora-r", 16)
     page.locator("#method-next").click()
     choose_preset(page, "quick")
+    before = page.evaluate(STORED_DRAFT_JS)
     field(page, "train-name").fill("kept-across-reload")
     field(page, "train-name").press("Tab")
-    page.wait_for_timeout(1_000)  # the last change reaches the browser's storage
+    page.wait_for_function(f"(before) => ({STORED_DRAFT_JS})() !== before", arg=before)  # the last change is saved
 
     page.reload()
     expect(field(page, "train-name")).to_have_value("kept-across-reload", timeout=30_000)
@@ -325,12 +330,13 @@ def test_a_reload_keeps_the_half_filled_wizard(page, studio, tmp_path):
     expect(page.locator("#model-quantization input")).to_have_value("NF4 + double quantization (QLoRA)")
     shot(page, "r2-model-after-reload")
 
-    page.locator("#wizard-start-over").click()
-    page.wait_for_load_state()
+    assert page.evaluate(STORED_DRAFT_JS) is not None
+    with page.expect_navigation():
+        page.locator("#wizard-start-over").click()
     page.locator("#model-next").wait_for()
     expect(field(page, "model-custom")).to_have_value("", timeout=30_000)
-    page.reload()  # and the cleared draft stays cleared
+    assert page.evaluate(STORED_DRAFT_JS) is None  # the draft is gone, not just hidden
+    page.reload()
     page.locator("#model-next").wait_for()
-    page.wait_for_timeout(2_000)
     expect(field(page, "model-custom")).to_have_value("")
     expect(page.locator("#model-quantization input")).to_have_value("None (full precision)")
