@@ -11,10 +11,13 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from app.registry.spec import RunSpec
+from app.registry.catalog import bundled_model
+from app.registry.spec import RunSpec
+from app.services.data_preview import roles_for
+from app.services.method_form import describe_method
+from app.services.wizard import PRECISION_TO_BF16, QUANT_TO_SPEC
 
 DRAFT_VERSION = 1
 # The draft's field names: model.*, data.* (data.role.<i> follows the shape's roles in order),
@@ -72,11 +75,6 @@ def dataset_ref(value: Any) -> bool:
 def from_spec(spec: RunSpec, run_id: int) -> dict[str, Any]:
     """A draft that fills the wizard with a finished run's choices, opened on the train step, so a
     person can change one thing and run again."""
-    from app.registry.catalog import bundled_model
-    from app.services.data_preview import roles_for
-    from app.services.method_form import describe_method
-    from app.services.wizard import PRECISION_TO_BF16, QUANT_TO_SPEC
-
     m, d, t = spec.model, spec.data, spec.training
     entry = bundled_model(m.name)
     values: dict[str, Any] = {
