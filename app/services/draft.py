@@ -29,8 +29,7 @@ _SCALARS = (str, int, float, bool, type(None))
 
 def pack(keys: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
     """The draft for the wizard's current values (non-JSON values, such as a file, are left out)."""
-    kept = {k: v for k, v in zip(keys, values, strict=True) if _is_plain(v)}
-    return {"version": DRAFT_VERSION, "values": kept}
+    return _draft(dict(zip(keys, values, strict=True)))
 
 
 def unpack(draft: Any, keys: Sequence[str], accept: Mapping[str, Callable[[Any], bool]] | None = None
@@ -40,11 +39,7 @@ def unpack(draft: Any, keys: Sequence[str], accept: Mapping[str, Callable[[Any],
     ``accept`` gives, for some fields, a test of what they take now: a stored value that fails it
     (a choice the method list no longer offers) is dropped.
     """
-    if not isinstance(draft, Mapping) or draft.get("version") != DRAFT_VERSION:
-        return {}
-    values = draft.get("values")
-    if not isinstance(values, Mapping):
-        return {}
+    values = _values(draft)
     accept = accept or {}
     restored: dict[str, Any] = {}
     for key in keys:
@@ -58,8 +53,7 @@ def unpack(draft: Any, keys: Sequence[str], accept: Mapping[str, Callable[[Any],
 
 def has_values(draft: Any) -> bool:
     """Whether a half-filled wizard is waiting in this draft."""
-    return (isinstance(draft, Mapping) and draft.get("version") == DRAFT_VERSION
-            and isinstance(draft.get("values"), Mapping) and bool(draft["values"]))
+    return bool(_values(draft))
 
 
 def one_of(choices: Iterable[Any]) -> Callable[[Any], bool]:
@@ -85,8 +79,7 @@ def from_spec(spec: RunSpec, run_id: int) -> dict[str, Any]:
                                    "none"),
         "data.ref": d.dataset, "data.val_fraction": d.val_fraction, "data.dedupe": d.dedupe,
         "data.max_length": d.max_length, "data.shape": None if d.shape == "auto" else d.shape,
-        "method.choice": spec.method["peft_type"],
-        "train.preset": None, "train.name": f"{spec.name} (from #{run_id})",
+        "method.choice": spec.method["peft_type"], "train.name": f"{spec.name} (from #{run_id})",
         "wizard.step": 3,
     }
     for i, role in enumerate(roles_for(d.shape) if d.shape != "auto" else []):
@@ -97,8 +90,7 @@ def from_spec(spec: RunSpec, run_id: int) -> dict[str, Any]:
     for name in TRAIN_FIELDS[1:]:
         values[f"train.{name}"] = getattr(t, name)
     values["train.max_steps"] = t.max_steps or 0
-    kept = {k: v for k, v in values.items() if _is_plain(v)}
-    return {"version": DRAFT_VERSION, "values": kept}
+    return _draft(values)
 
 
 def browser_secret(home: Path) -> str:
@@ -115,6 +107,18 @@ def browser_secret(home: Path) -> str:
     tmp.chmod(0o600)
     tmp.replace(path)
     return secret
+
+
+def _draft(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {"version": DRAFT_VERSION, "values": {k: v for k, v in values.items() if _is_plain(v)}}
+
+
+def _values(draft: Any) -> Mapping[str, Any]:
+    """The stored values of a draft of this version; nothing for anything else."""
+    if not isinstance(draft, Mapping) or draft.get("version") != DRAFT_VERSION:
+        return {}
+    values = draft.get("values")
+    return values if isinstance(values, Mapping) else {}
 
 
 def _is_plain(value: Any) -> bool:

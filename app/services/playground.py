@@ -3,8 +3,8 @@ for classification runs.
 
 One TunedModel serves both columns: the base output is produced inside ``tuned.disabled()``, so the
 two differ only by the adapter (base tensors a method trained in place, as BitFit or full
-fine-tuning do, are swapped back to their originals there). Prompts go through the tokenizer's chat template when it has one
-(the way chat data was trained). The last loaded run is kept in a :class:`Playground` instance the
+fine-tuning do, are swapped back to their originals there). Prompts go through the tokenizer's chat
+template when it has one (the way chat data was trained). The last loaded run is kept in a :class:`Playground` instance the
 studio owns (no module-level cache).
 """
 

@@ -12,7 +12,7 @@ from app.services import draft as draft_service
 from app.services import playground as playground_service
 from app.services import runs
 from app.services.context import Context
-from app.services.data_preview import preview
+from app.services.data_preview import preview, roles_for
 from app.services.wizard import WizardChoices, build_spec, task_for
 from app.ui import draft as draft_ui
 from app.ui import labels
@@ -110,8 +110,6 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored):
         return data_step.render_preview(prev, val_fraction=val_fraction, dedupe=dedupe)
 
     def show(ref, info, shape, max_length, val_fraction, dedupe, *role_values, user_mapping=False):
-        from app.services.data_preview import roles_for
-
         mapping = data_step.mapping_from(roles_for(shape), role_values) if user_mapping and shape else None
         return preview_of(ref, info, shape if user_mapping else None, mapping, max_length, val_fraction, dedupe)
 
@@ -169,8 +167,6 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored):
     def spec_from(info, bundled, custom, trust, precision, quantization, ref, shape, val_fraction, dedupe, max_length,
                   *rest):
         """The RunSpec for the wizard's current values (raises with a message naming the field)."""
-        from app.services.data_preview import roles_for
-
         role_values = rest[:n_roles]
         peft_type, *method_values = rest[n_roles:n_roles + n_method]
         (name, epochs, lr, batch, max_steps, grad_accum, warmup, scheduler, weight_decay, eval_every,
@@ -219,27 +215,29 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored):
         return evt.index if isinstance(evt.index, int) else gr.skip()
 
     wizard.select(on_step_clicked, None, at_step)
+    # always_last: one save in flight at a time and the newest values last, so a slow reply to an
+    # earlier keystroke can never overwrite a later draft.
     gr.on([c.change for c in fields.components], lambda *v: draft_ui.save(fields, *v), fields.components, stored,
-          queue=False, show_progress="hidden", api_visibility="private")
+          queue=False, show_progress="hidden", api_visibility="private", trigger_mode="always_last")
 
     def restore(draft, fresh_page=True):
-        step = draft_ui.stored(fields, draft, "wizard.step")
+        step = draft_ui.stored(fields, draft).get("wizard.step")
         return [*draft_ui.restore(fields, draft, fresh_page),
                 gr.Walkthrough(selected=step) if step is not None else gr.skip(), draft]
 
     def recheck(draft, bundled, custom, trust):
-        checked = draft_ui.stored(fields, draft, "model.info", "") not in ("", t("model.info.empty"))
-        if not checked and not draft_ui.stored(fields, draft, "wizard.step"):
+        values = draft_ui.stored(fields, draft)
+        checked = values.get("model.info", "") not in ("", t("model.info.empty"))
+        if not checked and not values.get("wizard.step"):
             return gr.skip(), gr.skip()  # the model was never checked
         return check(bundled, custom, trust)
 
     def repreview(draft, ref, info, max_length, val_fraction, dedupe):
-        from app.services.data_preview import roles_for
-
         if not ref:
             return [gr.skip()] * len(preview_outputs)
-        shape = draft_ui.stored(fields, draft, "data.shape")
-        roles = [draft_ui.stored(fields, draft, f"data.role.{i}") for i in range(len(ds.roles))]
+        values = draft_ui.stored(fields, draft)
+        shape = values.get("data.shape")
+        roles = [values.get(f"data.role.{i}") for i in range(len(ds.roles))]
         mapping = data_step.mapping_from(roles_for(shape), tuple(roles)) if shape else None
         return preview_of(ref, info, shape or None, mapping or None, max_length, val_fraction, dedupe)
 

@@ -68,15 +68,17 @@ def save(f: DraftFields, *values: Any) -> dict[str, Any]:
 
 
 def restore(f: DraftFields, draft: Any, fresh_page: bool = True) -> list[Any]:
-    """Updates for ``f.restore_outputs()``. On a freshly loaded page, fields whose stored value is the
-    page's default are left alone (an update fires their change listeners for nothing)."""
+    """Updates for ``f.restore_outputs()``: the page shows the draft, and the page's default where the
+    draft has nothing (a run whose data was a file path leaves the data step empty). On a freshly
+    loaded page the defaults are already there, so those fields are left alone (an update would fire
+    their change listeners for nothing)."""
     values = draft_service.unpack(draft, f.restored, f.accept)
-    if not fresh_page:
-        values.setdefault("data.ref", None)  # a run whose data was a file path: the wizard asks again
     defaults = {k: getattr(c, "value", None) for k, c in zip(f.keys, f.components)}
-    return [values[k] if k in values and not (fresh_page and values[k] == defaults[k]) else gr.skip()
-            for k in f.restored]
+    if fresh_page:
+        return [values[k] if k in values and values[k] != defaults[k] else gr.skip() for k in f.restored]
+    return [values.get(k, defaults[k]) for k in f.restored]
 
 
-def stored(f: DraftFields, draft: Any, key: str, default: Any = None) -> Any:
-    return draft_service.unpack(draft, [key], f.accept).get(key, default)
+def stored(f: DraftFields, draft: Any) -> dict[str, Any]:
+    """Every value of ``draft`` the fields accept, by name."""
+    return draft_service.unpack(draft, f.keys, f.accept)
