@@ -9,6 +9,7 @@ from tuners.quant.nf4 import (
     NF4_CODES,
     NF4Weight,
     _cpu_kernel_dequantize,
+    _quantize_absmax,
     dequantize_absmax,
     dequantize_nf4_tensors,
     dequantizer,
@@ -38,25 +39,90 @@ def test_nf4_packing_and_absmax_are_bit_exact_with_bitsandbytes(shape):
     assert torch.equal(ours.absmax, state.absmax)
 
 
+# Realistic Linear weights; several leave the last 256-block of absmax values partial (300, 257,
+# 1500, 2032, 16000 64-blocks). Last dims are multiples of 64 or not of 16: bitsandbytes' AVX-512
+# CPU dequantization indexes absmax per row when the last dim is a multiple of 16, which is only
+# right when it is also a multiple of 64 (e.g. (96, 208) it gets wrong, so it is no oracle there).
+DQ_SHAPES = [(300, 64), (257 * 64, 1), (96, 200), (100, 960), (1000, 130), (1024, 1000), (2816, 1024), (11008, 64)]
+
+
+def _assert_same_as_bitsandbytes(weight, double_quant):
+    ours = quantize_nf4(weight, double_quant=double_quant)
+    packed, state = _bnb(weight, double_quant)
+    assert torch.equal(ours.packed, packed.view(-1))
+    assert torch.equal(ours.absmax, state.absmax)
+    if double_quant:
+        assert ours.absmax.dtype == torch.uint8
+        assert torch.equal(ours.absmax_scale, state.state2.absmax)
+        assert torch.equal(ours.absmax_offset, state.offset)
+        their_absmax = bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset
+        assert torch.equal(dequantize_absmax(ours.absmax, ours.absmax_scale, ours.absmax_offset), their_absmax)
+    theirs = bnbf.dequantize_4bit(packed, state).reshape(weight.shape)  # its CPU kernel returns 1-D as (1, n)
+    assert torch.equal(dequantize_nf4(ours), theirs)
+    assert torch.equal(_eager(ours, torch.float32), theirs)
+
+
+@pytest.mark.parametrize("double_quant", [True, False])
+@pytest.mark.parametrize("shape", DQ_SHAPES)
+def test_nf4_bytes_and_dequantized_values_equal_bitsandbytes(shape, double_quant):
+    """Packed codes, absmax (fp32, or uint8 codes + fp32 scales + offset) and dequantized weights.
+
+    Both libraries pack two codes per byte with the even element in the high nibble, so the packed
+    bytes are compared as they are.
+    """
+    _assert_same_as_bitsandbytes(_weight(shape, seed=8), double_quant)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_double_quantized_statistics_match_bitsandbytes(shape):
     weight = _weight(shape, seed=1)
     ours = quantize_nf4(weight, double_quant=True)
     packed, state = _bnb(weight, double_quant=True)
     assert torch.equal(ours.packed, packed.view(-1))
-    assert ours.absmax.dtype == torch.uint8
+    assert torch.equal(ours.absmax, state.absmax)
     assert torch.equal(ours.absmax_offset, state.offset)
     assert torch.equal(ours.absmax_scale, state.state2.absmax)
-    exact = _bnb(weight, double_quant=False)[1].absmax
-    our_absmax = dequantize_absmax(ours.absmax, ours.absmax_scale, ours.absmax_offset)
     their_absmax = bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset
-    same_code = ours.absmax == state.absmax
-    scaled = ours.absmax_scale.repeat_interleave(256)[: ours.absmax.numel()] > 0  # a zero scale makes any code 0
-    if scaled.any():
-        assert same_code[scaled].float().mean() > 0.98
-    assert torch.equal(our_absmax[same_code], their_absmax[same_code])
-    # Where the 8-bit codes differ, ours is the nearest map value (bitsandbytes' search is approximate).
-    assert ((our_absmax - exact).abs() <= (their_absmax - exact).abs()).all()
+    assert torch.equal(dequantize_absmax(ours.absmax, ours.absmax_scale, ours.absmax_offset), their_absmax)
+
+
+def test_absmax_codes_follow_bitsandbytes_cpu_table_on_a_dense_sweep():
+    """Its CPU kernel reads 8-bit codes from a 65536-step table, not the nearest map value; a dense
+    sweep of [-1, 1] (and of the tiny values near 0, where the map is finer than a step) covers
+    every step and both sides of its edges."""
+    g = torch.Generator().manual_seed(9)
+    steps = torch.linspace(-1, 1, 65536 * 8)
+    tiny = torch.logspace(-9, -3, 8192) * torch.tensor([1.0, -1.0]).repeat(4096)
+    values = torch.cat([steps, tiny, torch.rand(100_000, generator=g) * 2 - 1])
+    blocks = values[: values.numel() // 255 * 255].view(-1, 255)
+    values = torch.cat([torch.ones(blocks.shape[0], 1), blocks], dim=1).view(-1)  # every block's scale is 1
+    scale, codes = _quantize_absmax(values)
+    their_codes, their_state = bnbf.quantize_blockwise(values, blocksize=256)
+    assert torch.equal(scale, their_state.absmax)
+    assert torch.equal(codes, their_codes)
+
+
+def test_absmax_blocks_without_spread_get_code_zero_like_bitsandbytes():
+    """Equal absmax everywhere: every centred value and scale is 0; bitsandbytes writes code 0."""
+    weight = torch.full((768, 64), 0.5)
+    weight[:, 1::2] = -0.5
+    ours = quantize_nf4(weight, double_quant=True)
+    assert not ours.absmax_scale.any() and not ours.absmax.any()
+    _assert_same_as_bitsandbytes(weight, double_quant=True)
+    assert torch.equal(dequantize_nf4(ours), weight)
+
+
+@pytest.mark.parametrize("double_quant", [True, False])
+def test_partial_last_block_is_scaled_as_bitsandbytes_does(double_quant):
+    """Its partial last 64-block divides by the absmax (full blocks multiply by its reciprocal) and
+    stores the absmax clamped to 1e-38; -0.0304... / 0.0661... rounds into a different NF4 bucket
+    than -0.0304... · (1 / 0.0661...), and an all-zero tail keeps absmax 1e-38."""
+    head = _weight(64, seed=10)
+    split = torch.cat([head, torch.tensor([0.06610545516014099, -0.03040819615125656, -0.06610545516014099, 0.0])])
+    zero_tail = torch.cat([_weight(128, seed=11), torch.zeros(6)])
+    for weight in (split, zero_tail):
+        _assert_same_as_bitsandbytes(weight, double_quant)
+    assert quantize_nf4(zero_tail, double_quant=False).absmax[-1] == torch.tensor(1e-38)
 
 
 def test_dynamic_map_is_bitsandbytes_signed_dynamic_map():

@@ -5,8 +5,9 @@ maximum ``a`` (fp32) and, per value, the index of the NF4 code nearest to ``x / 
 share a byte, the even element in the high nibble. Dequantization is ``code[i] · a``.
 
 Double quantization (QLoRA) stores the absmax values themselves in 8 bits: subtract their mean,
-cut them into blocks of 256, keep one fp32 scale per block and the index of the nearest value of
-the signed dynamic 8-bit map (the one bitsandbytes uses). Storage per parameter:
+cut them into blocks of 256, keep one fp32 scale per block and an index into the signed dynamic
+8-bit map, chosen through the same 65536-step table as bitsandbytes' CPU kernel (so the bytes are
+theirs, not always the nearest map value). Storage per parameter:
 
     4 + 32/64 = 4.5 bits            without double quantization
     4 + 8/64 + 32/(64·256) ≈ 4.127  with it
@@ -94,36 +95,80 @@ def _dynamic_map_on(device: torch.device) -> torch.Tensor:
     return dynamic_map(device)
 
 
-def _blockwise_absmax_codes(
-    flat: torch.Tensor, blocksize: int, codes: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per block of ``blocksize`` values: absmax (fp32) and the index of the nearest code to x / absmax.
+def _nf4_blocks(flat: torch.Tensor, blocksize: int, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per block of ``blocksize`` values: absmax (fp32) and the index of the nearest NF4 code to x / absmax.
 
-    The tail block is zero-padded (zeros never raise an absmax); the padding's indices are cut off.
+    Written the way bitsandbytes writes it, so every byte agrees: full blocks multiply by the
+    reciprocal of the absmax, while a partial last block divides by its absmax (the two can round
+    a value onto different sides of a code midpoint) and stores that absmax clamped to 1e-38.
     """
     n = flat.numel()
-    blocks = -(n // -blocksize)
-    padded = F.pad(flat.float(), (0, blocks * blocksize - n)).view(blocks, blocksize)
-    absmax = padded.abs().amax(dim=1)
-    scaled = (padded * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(1)).clamp_(-1, 1)
+    full = n - n % blocksize
+    values = flat.float()
+    head = values[:full].view(-1, blocksize)
+    absmax = head.abs().amax(dim=1)
+    scaled = (head * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(1)).view(-1)
+    if full < n:
+        tail_absmax = values[full:].abs().amax().clamp(min=1e-38)
+        absmax = torch.cat([absmax, tail_absmax.view(1)])
+        scaled = torch.cat([scaled, values[full:] / tail_absmax])
     midpoints = (codes[:-1] + codes[1:]) / 2  # codes are sorted: nearest code = bucket between midpoints
-    index = torch.bucketize(scaled.view(-1), midpoints, out_int32=True)[:n]
+    index = torch.bucketize(scaled.clamp_(-1, 1), midpoints, out_int32=True)
     return absmax, index.to(torch.uint8)
+
+
+_LUT_SIZE = 65536
+
+
+@functools.cache
+def _dynamic_lut_on(device: torch.device) -> torch.Tensor:
+    """(65536,) uint8: the dynamic-map index bitsandbytes' CPU kernel assigns to each of 65536 evenly
+    spaced steps across [-1, 1], i.e. how many map midpoints lie strictly below the step's value.
+
+    Its blockwise 8-bit quantization reads codes from this table instead of searching the map, so a
+    value gets the code of its step, not always the nearest one (the map is far finer than a step
+    near 0, where mean-centred absmax values crowd). Built in fp32 exactly as its C++ does.
+    """
+    code = dynamic_map()
+    midpoints = (code[:-1] + code[1:]) * 0.5
+    steps = torch.arange(_LUT_SIZE, dtype=torch.float32) * 2.0 / (_LUT_SIZE - 1) - 1.0
+    return torch.searchsorted(midpoints, steps).to(torch.uint8).to(device)
+
+
+def _quantize_absmax(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise 8-bit quantization of mean-centred absmax values, identical to bitsandbytes' CPU
+    ``quantize_blockwise(values, blocksize=256)``: fp32 scale per 256-block (a partial last block
+    over its own values), x · (1/scale) clamped to [-1, 1], rounded to its step of the 65536-entry
+    table, and code 0 for every value of a block whose scale is 0.
+
+    Its C++ computes the step with an FMA, ``(x + 1) · 0.5 · 65535 + 0.5`` rounded once; the plain
+    fp32 expression below gives the same step for every fp32 input (checked exhaustively: ``x + 1``
+    always lands on a multiple of 2^-24, where the two never disagree).
+    """
+    n = values.numel()
+    blocks = -(n // -ABSMAX_BLOCKSIZE)
+    padded = F.pad(values.float(), (0, blocks * ABSMAX_BLOCKSIZE - n)).view(blocks, ABSMAX_BLOCKSIZE)
+    scale = padded.abs().amax(dim=1)
+    inverse = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
+    scaled = (padded * inverse.unsqueeze(1)).clamp_(-1, 1)
+    step = ((scaled + 1.0) * 0.5 * (_LUT_SIZE - 1) + 0.5).to(torch.int32)
+    index = _dynamic_lut_on(values.device)[step.view(-1)].view(blocks, ABSMAX_BLOCKSIZE)
+    index.masked_fill_((scale == 0).unsqueeze(1), 0)
+    return scale, index.view(-1)[:n]
 
 
 def quantize_nf4(
     weight: torch.Tensor, blocksize: int = BLOCKSIZE, double_quant: bool = True
 ) -> NF4Weight:
     """Quantize a float tensor to NF4 (weights are small enough to quantize one at a time)."""
-    codes = nf4_codes(weight.device)
-    absmax, index = _blockwise_absmax_codes(weight.reshape(-1), blocksize, codes)
+    absmax, index = _nf4_blocks(weight.reshape(-1), blocksize, nf4_codes(weight.device))
     if index.numel() % 2:
         index = F.pad(index, (0, 1), value=NF4_CODES.index(0.0))
     packed = (index[0::2] << 4) | index[1::2]
     stored = NF4Weight(packed=packed, absmax=absmax, shape=tuple(weight.shape), blocksize=blocksize)
     if double_quant:
         offset = absmax.mean()
-        scale, qabsmax = _blockwise_absmax_codes(absmax - offset, ABSMAX_BLOCKSIZE, dynamic_map(weight.device))
+        scale, qabsmax = _quantize_absmax(absmax - offset)
         stored.absmax, stored.absmax_scale, stored.absmax_offset = qabsmax, scale, offset
     return stored
 
