@@ -153,6 +153,19 @@ def _model_dtype(model: nn.Module) -> torch.dtype | None:
     return None
 
 
+CACHE_KEYWORDS = ("cache", "past_key_values")
+
+
+def cache_keyword(module: nn.Module) -> str | None:
+    """The name under which ``module.forward`` takes a transformers cache, or None if it takes none.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name is deprecated); reading the
+    signature follows whichever release is installed instead of pinning one spelling.
+    """
+    parameters = inspect.signature(module.forward).parameters
+    return next((name for name in CACHE_KEYWORDS if name in parameters), None)
+
+
 def prefix_forward(tuned: TunedModel, adapter_name: str, kwargs: dict[str, Any]) -> Any:
     config = tuned.configs[adapter_name]
     module: PrefixEncoder = tuned.adapter_modules[adapter_name]
@@ -170,13 +183,14 @@ def prefix_forward(tuned: TunedModel, adapter_name: str, kwargs: dict[str, Any])
         kwargs["position_ids"] = kwargs["position_ids"] + nvt
     if config.task_type != "SEQ_CLS" and kwargs.get("token_type_ids") is not None:
         kwargs["token_type_ids"] = None
-    kwargs["past_key_values"] = module.cache(batch_size, _model_dtype(model))
-    if "past_key_values" in inspect.signature(model.forward).parameters:
-        return model(**kwargs)
-    return _classify_through_backbone(model, kwargs)
+    cache = module.cache(batch_size, _model_dtype(model))
+    keyword = cache_keyword(model)
+    if keyword is not None:
+        return model(**kwargs, **{keyword: cache})
+    return _classify_through_backbone(model, kwargs, cache)
 
 
-def _classify_through_backbone(model: nn.Module, kwargs: dict[str, Any]) -> Any:
+def _classify_through_backbone(model: nn.Module, kwargs: dict[str, Any], cache: Any) -> Any:
     """Encoder classifiers (BERT) take no cache themselves: run their backbone with it, then the head (as peft)."""
     from transformers.modeling_outputs import SequenceClassifierOutput
 
@@ -185,9 +199,10 @@ def _classify_through_backbone(model: nn.Module, kwargs: dict[str, Any]) -> Any:
     backbone_name = getattr(model, "base_model_prefix", "")
     backbone = getattr(model, backbone_name, None)
     head = getattr(model, "classifier", None) or getattr(model, "score", None)
-    if backbone is None or head is None:
-        raise ConfigError(f"task_type: {type(model).__name__} does not accept the prefix cache (past_key_values)")
-    outputs = backbone(**kwargs)
+    keyword = cache_keyword(backbone) if backbone is not None else None
+    if keyword is None or head is None:
+        raise ConfigError(f"task_type: {type(model).__name__} does not accept a prefix cache (no cache argument)")
+    outputs = backbone(**kwargs, **{keyword: cache})
     pooled = outputs[1] if len(outputs) > 1 else outputs[0]
     if isinstance(getattr(model, "dropout", None), nn.Module):
         pooled = model.dropout(pooled)
@@ -215,15 +230,16 @@ def prefix_generate(tuned: TunedModel, adapter_name: str, kwargs: dict[str, Any]
     nvt = config.num_virtual_tokens
     original = model.prepare_inputs_for_generation
     seq2seq = config.task_type == "SEQ_2_SEQ_LM"
+    keyword = cache_keyword(model) or "past_key_values"
 
     def prepare(input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> dict[str, Any]:
         inputs = original(input_ids, *args, **kwargs)
         if seq2seq:
             if kwargs.get("is_first_iteration"):
                 batch = inputs["decoder_input_ids"].shape[0]
-                inputs["past_key_values"] = module.cache(batch, _model_dtype(model))
+                inputs[keyword] = module.cache(batch, _model_dtype(model))
             return inputs
-        cache = inputs.get("past_key_values")
+        cache = inputs.get(keyword)
         prefill = inputs.get("cache_position") is not None and int(inputs["cache_position"][0]) == 0
         if cache is not None and cache.get_seq_length() >= inputs["input_ids"].shape[1]:
             inputs["input_ids"] = inputs["input_ids"][:, -1:]
@@ -233,7 +249,7 @@ def prefix_generate(tuned: TunedModel, adapter_name: str, kwargs: dict[str, Any]
         if inputs.get("position_ids") is not None:
             inputs["position_ids"] = inputs["position_ids"] + nvt
         if cache is None or not cache.get_seq_length():
-            inputs["past_key_values"] = module.cache(inputs["input_ids"].shape[0], _model_dtype(model))
+            inputs[keyword] = module.cache(inputs["input_ids"].shape[0], _model_dtype(model))
         if prefill:
             inputs["cache_position"] = inputs["cache_position"] + nvt
         return inputs
