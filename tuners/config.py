@@ -67,10 +67,17 @@ class AdapterConfig:
         if self.modules_to_save is not None and not all(isinstance(v, str) for v in self.modules_to_save):
             raise ConfigError(f"modules_to_save: expected a list of module names, got {self.modules_to_save!r}")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, peft_fields_only: bool = False) -> dict[str, Any]:
+        """``peft_fields_only`` (for a method peft has) leaves out tuners-only fields at their default.
+
+        peft warns about any key its config class lacks, and loading here restores the default of a missing
+        key, so such a field is written only when it holds something a load would otherwise lose.
+        """
         out: dict[str, Any] = {"peft_type": self.peft_type}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if peft_fields_only and f.metadata.get("tuners_only") and value == _default(f):
+                continue
             if isinstance(value, set | tuple):
                 value = sorted(value) if isinstance(value, set) else list(value)
             out[f.name] = value
@@ -92,6 +99,14 @@ class AdapterConfig:
         config.validate()
         return config
 
+    def tuners_only_values(self) -> dict[str, Any]:
+        """Tuners-only fields set away from their default: what peft would ignore when loading the folder."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.metadata.get("tuners_only") and getattr(self, f.name) != _default(f)
+        }
+
     def replace(self, **changes: Any) -> AdapterConfig:
         return dataclasses.replace(self, **changes)
 
@@ -100,11 +115,24 @@ class AdapterConfig:
         return self
 
 
-def default_field(value: Any, help: str) -> Any:
-    """A dataclass field carrying help text (shown by the studio's method step)."""
+def default_field(value: Any, help: str = "", *, tuners_only: bool = False) -> Any:
+    """A dataclass field carrying help text (shown by the studio's method step).
+
+    ``tuners_only`` marks a field that peft's config class for the same ``peft_type`` does not have (a
+    subclass redeclares an inherited field to mark it), so a saved folder stays one peft reads cleanly.
+    """
+    metadata: dict[str, Any] = {"help": help}
+    if tuners_only:
+        metadata["tuners_only"] = True
     if isinstance(value, list | dict | set):
-        return field(default_factory=lambda: type(value)(value), metadata={"help": help})
-    return field(default=value, metadata={"help": help})
+        return field(default_factory=lambda: type(value)(value), metadata=metadata)
+    return field(default=value, metadata=metadata)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def field_help(config_cls: type[AdapterConfig]) -> dict[str, str]:

@@ -32,6 +32,16 @@ CARD_NAME = "README.md"
 RESERVED_NAMES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 
 
+def config_json(config: AdapterConfig) -> str:
+    """The ``adapter_config.json`` text: for a method peft has, only keys its config class accepts.
+
+    peft warns about every key its class lacks ("Unexpected keyword arguments ... ignored"), so tuners-only
+    fields at their default are left out; methods peft lacks keep every field, as only tuners reads them.
+    """
+    fields_only = method_for(config).peft_compatible
+    return json.dumps(config.to_dict(peft_fields_only=fields_only), indent=2, sort_keys=True)
+
+
 def save_adapter(tuned: TunedModel, adapter_name: str, path: Path, extra_files: dict[str, str]) -> Path:
     """Write the folder next to ``path`` and swap it in, so readers see the old folder or the new one."""
     for name in extra_files:
@@ -47,7 +57,7 @@ def save_adapter(tuned: TunedModel, adapter_name: str, path: Path, extra_files: 
     retired: Path | None = None
     try:
         save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
-        (staging / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+        (staging / CONFIG_NAME).write_text(config_json(config) + "\n")
         (staging / CARD_NAME).write_text(model_card(tuned, adapter_name))
         for name, text in extra_files.items():
             (staging / name).write_text(text)
@@ -131,6 +141,6 @@ model = tuners.load(base_model, "path/to/this/folder")
 ## Configuration
 
 ```json
-{json.dumps(config.to_dict(), indent=2, sort_keys=True)}
+{config_json(config)}
 ```
 """

@@ -71,5 +71,9 @@ class Method:
         """(whether peft can load this adapter, the reason when it cannot)."""
         if not self.peft_compatible:
             return False, f"peft has no {self.name}"
+        kept = tuned.configs[adapter_name].tuners_only_values()
+        if kept:
+            shown = ", ".join(f"{k}={v!r}" for k, v in kept.items())
+            return False, f"peft's {self.name} config has no {', '.join(kept)} and would ignore it ({shown})"
         reason = self.peft_caveat(tuned, adapter_name) if self.peft_caveat is not None else None
         return reason is None, reason

@@ -37,6 +37,9 @@ class AdaptionPromptConfig(AdapterConfig):
     )
     adapter_len: int = default_field(10, "Length of the adaption prompt in each adapted layer.")
     adapter_layers: int = default_field(1, "How many of the top layers get an adaption prompt.")
+    # peft's AdaptionPromptConfig has neither.
+    exclude_modules: list[str] | str | None = default_field(None, tuners_only=True)
+    modules_to_save: list[str] | None = default_field(None, tuners_only=True)
 
     def validate(self) -> None:
         super().validate()

@@ -42,6 +42,9 @@ class PromptLearningConfig(AdapterConfig):
     )
     num_attention_heads: int | None = default_field(None, "Attention heads of the model (default: from its config).")
     num_layers: int | None = default_field(None, "Transformer layers of the model (default: from its config).")
+    # peft's prompt-learning configs have neither: a soft prompt targets no layers.
+    target_modules: list[str] | str | None = default_field(None, tuners_only=True)
+    exclude_modules: list[str] | str | None = default_field(None, tuners_only=True)
 
     def validate(self) -> None:
         super().validate()
@@ -55,14 +58,6 @@ class PromptLearningConfig(AdapterConfig):
                 raise ConfigError(f"{name}: must be a positive integer or empty, got {value!r}")
         if self.num_transformer_submodules not in (None, 1, 2):
             raise ConfigError(f"num_transformer_submodules: must be 1 or 2, got {self.num_transformer_submodules!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        # peft's prompt configs have no target/exclude modules; leave them out when unused (no load warning).
-        out = super().to_dict()
-        for key in ("target_modules", "exclude_modules"):
-            if out.get(key) is None:
-                out.pop(key, None)
-        return out
 
     @property
     def total_virtual_tokens(self) -> int:
