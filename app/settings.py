@@ -89,12 +89,23 @@ class Settings:
             models_dir=models,
             max_upload_bytes=_int(env, "TUNESTUDIO_MAX_UPLOAD_BYTES", GIB),
             host=env.get("TUNESTUDIO_HOST") or "127.0.0.1",
-            port=_int(env, "TUNESTUDIO_PORT", 7860),
+            port=parse_port("TUNESTUDIO_PORT", env.get("TUNESTUDIO_PORT") or "7860"),
             auth_user=env.get("TUNESTUDIO_AUTH_USER") or None,
             auth_password=env.get("TUNESTUDIO_AUTH_PASSWORD") or None,
             heartbeat_seconds=_float(env, "TUNESTUDIO_HEARTBEAT_SECONDS", 5.0),
             worker_lost_seconds=_float(env, "TUNESTUDIO_WORKER_LOST_SECONDS", 60.0),
         )
+
+
+def parse_port(name: str, raw: str) -> int:
+    """The one check of a port number, for the environment and ``tunestudio serve --port`` alike."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected a port number (1-65535), got {raw!r}") from None
+    if not 0 < value < 65536:
+        raise SettingsError(f"{name}: expected a port number (1-65535), got {value}")
+    return value
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -1,6 +1,7 @@
 """Serving rules: local bind, no share/SSR, downloads only from exports, optional login that works."""
 
-import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -9,6 +10,7 @@ import pytest
 
 from app.settings import Settings
 from app.ui.server import launch_kwargs, serve
+from tests.support.studio import ROOT, Studio, free_port
 
 
 def settings(tmp_path, **env):
@@ -28,12 +30,6 @@ def test_theme_uses_only_local_fonts(tmp_path):
     theme = launch_kwargs(settings(tmp_path))["theme"]
     fonts = [str(getattr(f, "name", f)) for f in theme.font + theme.font_mono]
     assert fonts and not any(type(f).__name__ == "GoogleFont" for f in theme.font + theme.font_mono), fonts
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_login_is_required_when_a_password_is_configured(tmp_path):
@@ -56,3 +52,25 @@ def test_login_is_required_when_a_password_is_configured(tmp_path):
     finally:
         demo.close()
         ctx.close()
+
+
+def test_serve_takes_host_and_port_flags_over_the_environment(tmp_path):
+    port = free_port()
+    studio = Studio(tmp_path / "home", port, env={"TUNESTUDIO_PORT": str(free_port()), "TUNESTUDIO_HOST": "localhost"})
+    studio.start()
+    try:
+        assert f"TuneStudio at http://127.0.0.1:{port}" in studio.log.read_text()
+    finally:
+        studio.stop()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--port", "0"], "argument --port: expected a port number (1-65535), got 0"),
+    (["--port", "http"], "argument --port: expected a port number (1-65535), got 'http'"),
+    (["--port"], "argument --port: expected one argument"),
+])
+def test_serve_refuses_a_bad_port_by_name(tmp_path, args, message):
+    done = subprocess.run([sys.executable, "-m", "app.cli", "serve", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={"TUNESTUDIO_HOME": str(tmp_path), "PATH": ""})
+    assert done.returncode == 2
+    assert message in done.stderr
