@@ -7,8 +7,9 @@ subclasses). Methods that act on the whole model (soft prompts, prefixes) return
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,6 +19,8 @@ from tuners.config import AdapterConfig
 
 if TYPE_CHECKING:
     from tuners.model import TunedModel
+
+_NO_PEFT_DEFAULT = object()
 
 FAMILIES = ("additive", "selective", "reparameterized", "hybrid", "baseline")
 
@@ -44,6 +47,14 @@ class Method:
         and the on-disk layout (AdaLoRA keeps masked ranks in memory; peft's files drop them).
     peft_caveat: why peft cannot load this particular adapter although it has the method (a layer
         type peft does not wrap), or None; the model card and the run log say it.
+    learning_rate / learning_rate_range: the learning rate this method usually trains well at, and the
+        range its papers and peft's examples use (sources in docs/runs.md). Methods differ by two to
+        three orders of magnitude (full fine-tuning ~2e-5, LoRA ~2e-4, (IA)³ ~3e-3, soft prompts
+        ~3e-2), so one rate for all trains some methods not at all; the studio's presets take it and
+        a spec that names no learning rate gets it.
+    default_targets: the ``target_modules`` a spec or the studio's form gets when it names none, for
+        methods that cannot pick their own layers (LoRA and kin: ``attention``, the query/value
+        projections peft uses by default); None where the method chooses its layers itself.
     """
 
     peft_type: str
@@ -66,6 +77,35 @@ class Method:
     state_to_disk: Callable[[TunedModel, str, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
     state_from_disk: Callable[[TunedModel, str, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
     peft_caveat: Callable[[TunedModel, str], str | None] | None = None
+    learning_rate: float = field(kw_only=True)
+    learning_rate_range: tuple[float, float] = field(kw_only=True)
+    default_targets: str | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.learning_rate_range
+        if not 0 < lo <= self.learning_rate <= hi:
+            raise ValueError(f"{self.peft_type}: learning_rate {self.learning_rate} is not inside its range "
+                             f"{self.learning_rate_range}")
+
+    def with_defaults(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Config values with what the method fills in when they are left out or empty.
+
+        The one home of this rule: the studio's form starts from it and the run spec (CLI or studio)
+        applies it, so ``method: {peft_type: LORA}`` in a YAML file trains on the same layers as the
+        form's untouched defaults, and an emptied field means "the method's default" in both.
+        """
+        out = dict(values)
+        if self.default_targets is not None and out.get("target_modules") in (None, "", []):
+            out["target_modules"] = self.default_targets
+        # A spec means this core's defaults, written out where peft's differ: config_from_dict reads a
+        # missing key as peft's default (right for an adapter folder; LoRA's alpha is 8 there, 16 here).
+        for f in dataclasses.fields(self.config_cls):
+            peft_default = self.config_cls.peft_defaults.get(f.name, _NO_PEFT_DEFAULT)
+            if f.name != "task_type" and f.name not in out and peft_default is not _NO_PEFT_DEFAULT:
+                ours = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                if ours is not dataclasses.MISSING and ours != peft_default:
+                    out[f.name] = ours
+        return out
 
     def peft_loads(self, tuned: TunedModel, adapter_name: str) -> tuple[bool, str | None]:
         """(whether peft can load this adapter, the reason when it cannot)."""

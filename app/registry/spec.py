@@ -85,6 +85,13 @@ class RunSpec:
     method: dict[str, Any]
     training: TrainingSpec = field(default_factory=TrainingSpec)
 
+    def __post_init__(self) -> None:
+        # What the method fills in when left out (LoRA's targets) is written into the spec itself, by
+        # the same rule the studio's form uses: the stored spec says what trained, CLI or studio.
+        method = _known_method(self.method)
+        if method is not None:
+            self.method = method.with_defaults(self.method)
+
     # ------------------------------------------------------------------ conversion
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -276,13 +283,27 @@ def _build(data: Any) -> RunSpec:
     model = data["model"]
     if isinstance(model, str):
         model = {"name": model}
+    training = data.get("training") or {}
+    method = _known_method(data["method"])
+    if method is not None and isinstance(training, dict) and "learning_rate" not in training:
+        # A spec that names no learning rate trains at its method's usual one, as the studio's presets do.
+        training = {**training, "learning_rate": method.learning_rate}
     return RunSpec(
         name=data.get("name") or "run",
         model=_section("model", ModelSpec, model),
         data=_section("data", DataSpec, data["data"]),
         method=data["method"] if isinstance(data["method"], dict) else _not_mapping("method"),
-        training=_section("training", TrainingSpec, data.get("training") or {}),
+        training=_section("training", TrainingSpec, training),
     )
+
+
+def _known_method(method: Any) -> Any:
+    """The tuners Method a ``method`` section names, or None (validation reports what is wrong)."""
+    import tuners
+
+    if isinstance(method, dict) and isinstance(method.get("peft_type"), str):
+        return tuners.METHODS.get(method["peft_type"])
+    return None
 
 
 def _section(path: str, cls: type, data: Any) -> Any:

@@ -9,7 +9,6 @@ bools and are parsed here, at the edge, into a validated config; errors name the
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -91,30 +90,10 @@ def _kind(type_text: str) -> tuple[str, bool]:
     return "json", optional
 
 
-@functools.cache
 def suggested_targets(peft_type: str) -> str | None:
-    """'attention' for methods that need target modules named (LoRA and kin), else None.
-
-    Probed once per method on a two-layer Llama built on the meta device: if the method refuses an
-    empty ``target_modules`` but accepts ``attention``, the form starts with ``attention`` (peft's
-    usual default of q/v-style projections) so a new user can go straight on.
-    """
-    import transformers
-
-    cfg = transformers.LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=2, vocab_size=64)
-    config_cls = tuners.method_for(peft_type).config_cls
-
-    def works(targets: str | None) -> bool:
-        try:
-            config = config_cls(task_type="CAUSAL_LM", target_modules=targets).for_run(100)
-            config.validate()
-            tuners.apply(meta_model(cfg), config)
-        except Exception:
-            return False
-        return True
-
-    return "attention" if not works(None) and works("attention") else None
+    """The targets the form starts with: the method's declared default (``Method.with_defaults`` is
+    the one rule the form and a run spec share), so a new user can go straight on."""
+    return tuners.method_for(peft_type).default_targets
 
 
 def describe_method(peft_type: str) -> MethodForm:
@@ -217,9 +196,10 @@ def build_config(peft_type: str, values: dict[str, Any], task_type: str | None =
     for spec in form.fields:
         if spec.name in values:
             kwargs[spec.name] = parse_value(spec, values[spec.name])
-    config_cls = tuners.method_for(peft_type).config_cls
+    method = tuners.method_for(peft_type)
+    kwargs = method.with_defaults(kwargs)
     try:
-        config = config_cls(task_type=task_type, **kwargs)
+        config = method.config_cls(task_type=task_type, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"{peft_type}: {exc}") from exc
     config.validate()

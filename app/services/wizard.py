@@ -9,14 +9,52 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import tuners
 from app.registry.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
 from app.services.method_form import build_config, config_values
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {"epochs": 1.0, "learning_rate": 3e-4, "batch_size": 4, "max_steps": 30, "eval_every": 10},
-    "balanced": {"epochs": 2.0, "learning_rate": 2e-4, "batch_size": 8, "max_steps": 0, "eval_every": 50},
-    "thorough": {"epochs": 4.0, "learning_rate": 1e-4, "batch_size": 8, "max_steps": 0, "eval_every": 100},
+    "quick": {"epochs": 1.0, "batch_size": 4, "max_steps": 30, "eval_every": 10},
+    "balanced": {"epochs": 2.0, "batch_size": 8, "max_steps": 0, "eval_every": 50},
+    "thorough": {"epochs": 4.0, "batch_size": 8, "max_steps": 0, "eval_every": 100},
 }
+# A learning rate this many times outside the method's usual range gets a warning.
+LR_WARN_FACTOR = 10.0
+
+
+def preset_values(preset: str, peft_type: str) -> dict[str, Any]:
+    """The preset's training values with the method's recommended learning rate."""
+    return {**PRESETS[preset], "learning_rate": tuners.method_for(peft_type).learning_rate}
+
+
+@dataclass(frozen=True)
+class LearningRateCheck:
+    """Where a learning rate stands against its method's usual range (``off_by`` > 1: that many times
+    above the top (``high``) or below the bottom of it)."""
+
+    method: str
+    default: float
+    low: float
+    high: float
+    off_by: float
+    too_high: bool
+
+    @property
+    def far_off(self) -> bool:
+        return self.off_by > LR_WARN_FACTOR
+
+
+def check_learning_rate(peft_type: str, learning_rate: float | None) -> LearningRateCheck:
+    method = tuners.method_for(peft_type)
+    low, high = method.learning_rate_range
+    lr = float(learning_rate or 0.0)
+    if lr > high:
+        off_by, too_high = lr / high, True
+    elif lr < low:
+        off_by, too_high = (low / lr if lr > 0 else float("inf")), False
+    else:
+        off_by, too_high = 1.0, False
+    return LearningRateCheck(method.name, method.learning_rate, low, high, off_by, too_high)
 
 # UI compute precision -> training.bf16
 PRECISION_TO_BF16: dict[str, bool | str] = {"auto": "auto", "bf16": True, "fp32": False}

@@ -41,7 +41,7 @@ def build_app(ctx: Context) -> gr.Blocks:
                 with gr.Step(t("step.method"), id=2):
                     me = method_step.build()
                 with gr.Step(t("step.train"), id=3):
-                    ts = train_step.build()
+                    ts = train_step.build(me.choice.value)
             with gr.Tab(t("tab.run"), id="run") as run_tab_item:
                 rv = run_view.build(ctx)
             with gr.Tab(t("tab.runs"), id="runs") as runs_tab_item:
@@ -157,7 +157,10 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored):
     me.next.click(_go(3), None, nav)
 
     # train step
-    ts.preset.input(train_step.apply_preset, ts.preset, ts.preset_outputs())
+    ts.preset.input(train_step.apply_preset, [ts.preset, me.choice], ts.preset_outputs())
+    # The learning rate follows the method (unless typed over); its note/warning follows both.
+    me.choice.change(train_step.follow_method, [me.choice, ts.lr, ts.rate_method], [ts.lr, ts.rate_method])
+    gr.on([me.choice.change, ts.lr.change], train_step.learning_rate_note, [me.choice, ts.lr], ts.lr_note)
     ts.back.click(_go(2), None, nav)
 
     submit_inputs = [ms.state, ms.bundled, ms.custom, ms.trust, ms.precision, ms.quantization, ds.ref, ds.shape,

@@ -53,7 +53,8 @@ LABELS: dict[str, str] = {
     "method.count.pending": "Check a model in step 1 to count trainable parameters.",
     # train step
     "train.preset": "Preset",
-    "train.preset.info": "quick: a short smoke run · balanced: a sensible default · thorough: longer, gentler",
+    "train.preset.info": "quick: a short smoke run · balanced: a sensible default · thorough: longer. "
+    "Every preset uses the chosen method's own learning rate.",
     "train.name": "Run name",
     "train.epochs": "Epochs",
     "train.lr": "Learning rate",
@@ -69,6 +70,12 @@ LABELS: dict[str, str] = {
     "train.seed": "Seed",
     "train.submit": "Start training",
     "train.yaml": "Equivalent spec (`tunestudio train spec.yaml`)",
+    # --- train step: per-method learning rate (issue 11, recommended settings) ----------------------
+    "train.lr.range": "{method} usually trains at a learning rate of {low} to {high} (default {default}).",
+    "train.lr.too_high": "⚠ Warning: a learning rate of {lr} is about {times}× above what {method} usually takes; "
+    "training may diverge or forget what the model knew.",
+    "train.lr.too_low": "⚠ Warning: a learning rate of {lr} is about {times}× below what {method} usually takes; "
+    "the run may learn almost nothing.",
     # run view
     "run.pick": "Run",
     "run.refresh": "Refresh",

@@ -67,3 +67,126 @@ def test_a_quantized_base_with_a_method_that_trains_base_weights_is_refused_up_f
         RunSpec.from_dict(spec)
     assert err.value.path == "model.precision"
     assert "Full fine-tuning" in str(err.value)
+
+
+# --------------------------------------------------------------------------- one set of method defaults
+# The studio's form and a spec file (the CLI) share one rule for what a method fills in when a spec
+# leaves it out: tuners' Method.with_defaults. These tests hold the two paths to the same result.
+
+ONLY_THE_METHOD = """\
+name: cli-defaults
+model: {{name: SmolLM2-135M-Instruct}}
+data: {{dataset: chatterbot}}
+method: {{peft_type: {peft_type}}}
+"""
+
+
+def _form_config(peft_type: str, **changes):
+    from app.services.method_form import HIDDEN_FIELDS, build_config, describe_method
+
+    form = describe_method(peft_type)
+    values = {f.name: f.form_default() for f in form.fields if f.name not in HIDDEN_FIELDS}
+    values.update(changes)
+    return build_config(peft_type, values, task_type="CAUSAL_LM")
+
+
+def _tiny_llama():
+    import transformers
+
+    from app.services.method_form import meta_model
+
+    return meta_model(transformers.LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                               num_attention_heads=2, num_key_value_heads=2, vocab_size=64))
+
+
+def _methods():
+    import tuners
+
+    return sorted(tuners.METHODS)
+
+
+@pytest.mark.parametrize("peft_type", _methods())
+def test_a_spec_naming_only_the_method_gets_the_forms_defaults_and_they_attach(peft_type):
+    import tuners
+
+    spec = RunSpec.from_yaml(ONLY_THE_METHOD.format(peft_type=peft_type), source="spec.yaml")
+
+    from_spec = tuners.config_from_dict(spec.adapter_config_dict())
+    assert from_spec == _form_config(peft_type)
+    assert spec.method.get("target_modules") == tuners.METHODS[peft_type].default_targets
+    assert spec.training.learning_rate == tuners.METHODS[peft_type].learning_rate
+    if peft_type != "BITFIT":  # Llama has no biases for BitFit; the engine test trains it on GPT-2
+        tuned = tuners.apply(_tiny_llama(), from_spec.for_run(100))
+        trainable, _ = tuned.trainable_parameters()
+        # FishMask picks its weights from the data (calibration), so nothing is trainable before that.
+        assert trainable > 0 or tuners.METHODS[peft_type].calibrate is not None
+
+
+@pytest.mark.parametrize("empty", [None, "", []])
+def test_emptied_targets_mean_the_methods_default_in_the_form_and_in_a_spec(empty):
+    spec = RunSpec.from_dict({"model": "m", "data": {"dataset": "x"},
+                              "method": {"peft_type": "LORA", "target_modules": empty}})
+    assert spec.method["target_modules"] == "attention"
+    assert _form_config("LORA", target_modules="").target_modules == "attention"
+
+
+def test_a_learning_rate_the_spec_names_is_kept():
+    spec = RunSpec.from_dict({"model": "m", "data": {"dataset": "x"}, "method": {"peft_type": "IA3"},
+                              "training": {"learning_rate": 5e-5}})
+    assert spec.training.learning_rate == pytest.approx(5e-5)
+    again = RunSpec.from_yaml(spec.to_yaml())
+    assert again == spec
+
+
+def _cli(tmp_path, spec_text):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec_text, encoding="utf-8")
+    env = {**os.environ, "TUNESTUDIO_HOME": str(tmp_path / "home")}
+    for key in ("TUNESTUDIO_DATABASE_URL", "TUNESTUDIO_BROKER_URL"):
+        env.pop(key, None)
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "-m", "app.cli", "train", str(path)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_cli_queues_a_spec_that_names_only_lora_with_the_forms_targets(tmp_path):
+    """The real ``tunestudio train``: accepted, and the stored spec trains the layers the form picks."""
+    import tuners
+    from app.services import Context, get_run
+    from app.settings import Settings
+
+    done = _cli(tmp_path, ONLY_THE_METHOD.format(peft_type="LORA"))
+    assert done.returncode == 0, done.stderr
+    assert "run 1 queued: cli-defaults" in done.stdout
+
+    ctx = Context.open(Settings.from_env({"TUNESTUDIO_HOME": str(tmp_path / "home")}))
+    try:
+        stored = get_run(ctx, 1).spec
+    finally:
+        ctx.close()
+    assert tuners.config_from_dict({**stored["method"], "task_type": "CAUSAL_LM"}) == _form_config("LORA")
+    assert stored["method"]["target_modules"] == "attention"
+    assert stored["method"]["lora_alpha"] == 16  # the form's alpha, not peft's 8 for a folder that omits it
+    assert stored["training"]["learning_rate"] == pytest.approx(2e-4)
+
+
+@pytest.mark.parametrize(("field", "value"), [("r", 0), ("lora_dropout", 1.5)])
+def test_the_cli_and_the_studio_refuse_a_bad_method_value_in_the_same_words(tmp_path, field, value):
+    from app.services.wizard import WizardChoices, build_spec
+    from tuners.config import ConfigError
+
+    with pytest.raises(ConfigError) as studio:
+        build_spec(WizardChoices(name="x", model="SmolLM2-135M-Instruct", dataset="chatterbot", peft_type="LORA",
+                                 method_values={field: value}))
+    studio_words = str(studio.value)
+    assert studio_words.startswith(f"{field}: ")
+
+    text = ONLY_THE_METHOD.format(peft_type="LORA").replace("peft_type: LORA}", f"peft_type: LORA, {field}: {value}}}")
+    done = _cli(tmp_path, text)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"error: {tmp_path / 'spec.yaml'}, line 4: method.{studio_words}"

@@ -2,8 +2,16 @@
 
 import pytest
 
+import tuners
 from app.registry.spec import RunSpec, SpecError
-from app.services.wizard import PRESETS, WizardChoices, build_spec, task_for
+from app.services.wizard import (
+    PRESETS,
+    WizardChoices,
+    build_spec,
+    check_learning_rate,
+    preset_values,
+    task_for,
+)
 from tuners.config import ConfigError
 
 
@@ -47,8 +55,49 @@ def test_bad_method_value_and_bad_training_value_name_their_field():
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
-def test_every_preset_builds_a_valid_spec(preset):
-    p = PRESETS[preset]
-    spec = build_spec(choices(epochs=p["epochs"], learning_rate=p["learning_rate"], batch_size=p["batch_size"],
+@pytest.mark.parametrize(("peft_type", "method_values"), [("LORA", {"r": "4"}), ("IA3", {}), ("PROMPT_TUNING", {})])
+def test_every_preset_builds_a_valid_spec_at_the_methods_learning_rate(preset, peft_type, method_values):
+    p = preset_values(preset, peft_type)
+    spec = build_spec(choices(peft_type=peft_type, method_values=method_values, epochs=p["epochs"],
+                              learning_rate=p["learning_rate"], batch_size=p["batch_size"],
                               max_steps=p["max_steps"], eval_every=p["eval_every"]))
-    assert spec.training.learning_rate == p["learning_rate"]
+    assert spec.training.learning_rate == tuners.METHODS[peft_type].learning_rate
+    assert spec.training.batch_size == PRESETS[preset]["batch_size"]
+
+
+def test_presets_scale_length_and_batch_and_leave_the_learning_rate_to_the_method():
+    assert all("learning_rate" not in p for p in PRESETS.values())
+    rates = {t: preset_values("quick", t)["learning_rate"] for t in tuners.METHODS}
+    assert rates["IA3"] >= 10 * rates["LORA"] and rates["PROMPT_TUNING"] >= 10 * rates["IA3"]
+    assert rates["FULL"] < rates["LORA"]
+
+
+@pytest.mark.parametrize("peft_type", sorted(tuners.METHODS))
+def test_every_method_declares_a_learning_rate_inside_a_plausible_range(peft_type):
+    method = tuners.METHODS[peft_type]
+    low, high = method.learning_rate_range
+    assert 1e-6 <= low <= method.learning_rate <= high <= 1.0
+    assert high / low <= 100  # a range, not "anything goes": the warning is measured from it
+    assert not check_learning_rate(peft_type, method.learning_rate).far_off
+
+
+@pytest.mark.parametrize(("lr", "far_off", "too_high"), [
+    (3e-3, False, False), (3e-4, False, False),  # inside; 3.3x below: a note, no warning
+    (5e-5, True, False), (0.5, True, True), (0.11, True, True), (0.09, False, True),
+])
+def test_a_learning_rate_far_outside_the_methods_range_is_flagged(lr, far_off, too_high):
+    check = check_learning_rate("IA3", lr)  # (IA)³: 1e-3 .. 1e-2
+    assert check.far_off is far_off and check.too_high is too_high
+
+
+def test_the_train_step_follows_the_method_unless_the_rate_was_typed():
+    from app.ui.steps import train as train_step
+
+    ia3, lora = tuners.METHODS["IA3"].learning_rate, tuners.METHODS["LORA"].learning_rate
+    assert train_step.follow_method("IA3", lora, "LORA") == (ia3, "IA3")
+    typed, followed = train_step.follow_method("IA3", 0.0123, "LORA")
+    assert followed == "IA3" and not isinstance(typed, float)  # gr.skip(): the typed rate stays
+    assert train_step.apply_preset("quick", "IA3")[1] == ia3
+    note = train_step.learning_rate_note("IA3", 5e-6)
+    assert "Warning" in note and "200× below" in note and "(IA)³" in note
+    assert "Warning" not in train_step.learning_rate_note("IA3", ia3)

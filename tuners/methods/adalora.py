@@ -355,4 +355,7 @@ METHOD = Method(
     loss_term=orthogonal_penalty,
     state_to_disk=state_to_disk,
     state_from_disk=state_from_disk,
+    learning_rate=5e-4,
+    learning_rate_range=(1e-4, 1e-3),
+    default_targets="attention",
 )

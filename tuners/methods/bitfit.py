@@ -73,4 +73,6 @@ METHOD = Method(
     base_trainables=base_trainables,
     peft_compatible=False,
     summary="Train only the bias terms (and the classification head); tiny, but needs a model with biases.",
+    learning_rate=1e-3,
+    learning_rate_range=(1e-4, 1e-3),
 )

@@ -198,4 +198,6 @@ METHOD = Method(
     inject=inject,
     peft_compatible=False,
     summary="Small residual MLPs after attention/FFN (Houlsby, Pfeiffer) or beside the FFN (parallel).",
+    learning_rate=3e-4,
+    learning_rate_range=(1e-4, 1e-3),
 )

@@ -282,4 +282,7 @@ METHOD = Method(
     calibrate=lambda tuned, batches: estimate_mask(tuned, batches),
     peft_compatible=False,
     summary="Train a sparse set of weights chosen by Fisher information on your data, under a parameter budget.",
+    learning_rate=3e-4,
+    learning_rate_range=(1e-4, 1e-3),
+    default_targets="all-linear",
 )

@@ -69,4 +69,6 @@ METHOD = Method(
     base_trainables=base_trainables,
     peft_compatible=False,
     summary="Train every weight; the baseline. Saves the whole model (largest files, most memory).",
+    learning_rate=2e-5,
+    learning_rate_range=(1e-5, 5e-5),
 )

@@ -95,4 +95,6 @@ METHOD = Method(
     base_trainables=base_trainables,
     peft_compatible=False,
     summary="Freeze the lower blocks and train the top N (or chosen) blocks in full.",
+    learning_rate=5e-5,
+    learning_rate_range=(1e-5, 1e-4),
 )

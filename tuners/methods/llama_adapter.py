@@ -169,4 +169,6 @@ METHOD = Method(
     config_cls=AdaptionPromptConfig,
     inject=inject,
     summary="Zero-gated learned prompts attended to by the top attention layers; starts as the base model.",
+    learning_rate=5e-3,
+    learning_rate_range=(1e-3, 1e-2),
 )

@@ -87,4 +87,7 @@ METHOD = Method(
     inject=inject,
     summary="Hadamard product of two low-rank updates: rank up to r² for LoRA's parameter count; mergeable.",
     peft_caveat=conv1d_caveat,
+    learning_rate=5e-4,
+    learning_rate_range=(1e-4, 1e-3),
+    default_targets="attention",
 )

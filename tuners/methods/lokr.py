@@ -136,4 +136,7 @@ METHOD = Method(
     inject=inject,
     summary="Kronecker product of two small factors: a full-rank-capable update from few parameters; mergeable.",
     peft_caveat=conv1d_caveat,
+    learning_rate=5e-4,
+    learning_rate_range=(1e-4, 1e-3),
+    default_targets="attention",
 )

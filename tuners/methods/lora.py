@@ -298,4 +298,7 @@ METHOD = Method(
     inject=inject,
     base_trainables=base_trainables,
     summary="Low-rank update of frozen weights; mergeable. rsLoRA and DoRA are options of it.",
+    learning_rate=2e-4,
+    learning_rate_range=(1e-4, 5e-4),
+    default_targets="attention",
 )

@@ -128,4 +128,6 @@ METHOD = Method(
     import_state=import_state,
     key_prefix="base_model.",
     summary="Virtual tokens produced by a small MLP or LSTM encoder, prepended to the input embeddings.",
+    learning_rate=1e-2,
+    learning_rate_range=(1e-3, 3e-2),
 )

@@ -281,4 +281,6 @@ METHOD = Method(
     import_state=import_state,
     key_prefix="base_model.",
     summary="Learned keys and values prepended in every attention layer, fed as a transformers cache.",
+    learning_rate=1e-2,
+    learning_rate_range=(1e-3, 3e-2),
 )

@@ -273,4 +273,6 @@ METHOD = Method(
     import_state=import_table,
     key_prefix="base_model.",
     summary="Learned virtual tokens prepended to the input embeddings; the model itself is untouched.",
+    learning_rate=3e-2,
+    learning_rate_range=(1e-2, 3e-1),
 )

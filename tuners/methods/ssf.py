@@ -128,4 +128,6 @@ METHOD = Method(
     inject=inject,
     peft_compatible=False,
     summary="Per-channel scale and shift after attention and feed-forward outputs; mergeable into the layer.",
+    learning_rate=5e-3,
+    learning_rate_range=(1e-3, 1e-2),
 )

@@ -208,4 +208,6 @@ METHOD = Method(
     import_state=import_state,
     peft_compatible=False,
     summary="Gated LoRA, prefix and bottleneck adapter together; learned gates weigh each per token or layer.",
+    learning_rate=5e-4,
+    learning_rate_range=(1e-4, 1e-3),
 )

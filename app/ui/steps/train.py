@@ -1,12 +1,19 @@
-"""Wizard step 4: hyperparameters with presets; advanced fields folded; submit."""
+"""Wizard step 4: hyperparameters with presets; advanced fields folded; submit.
+
+The learning rate follows the chosen method (each declares its usual rate): a preset or a method pick
+puts the method's rate in the field unless the person typed their own, and a rate far outside the
+method's usual range is called out under the field.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
-from app.services.wizard import PRESETS
+from app.services.wizard import PRESETS, check_learning_rate, preset_values
 from app.ui.labels import t
 
 
@@ -25,6 +32,8 @@ class TrainStep:
     eval_every: gr.Number
     checkpoint_every: gr.Number
     seed: gr.Number
+    lr_note: gr.Markdown
+    rate_method: gr.State
     message: gr.Markdown
     yaml: gr.Code
     back: gr.Button
@@ -38,8 +47,8 @@ class TrainStep:
                 self.scheduler, self.weight_decay, self.eval_every, self.checkpoint_every, self.seed]
 
 
-def build() -> TrainStep:
-    p = PRESETS["balanced"]
+def build(peft_type: str = "LORA") -> TrainStep:
+    p = preset_values("balanced", peft_type)
     preset = gr.Radio(list(PRESETS), value="balanced", label=t("train.preset"), info=t("train.preset.info"),
                       elem_id="train-preset")
     name = gr.Textbox(label=t("train.name"), placeholder="my-first-adapter", elem_id="train-name")
@@ -49,6 +58,9 @@ def build() -> TrainStep:
         batch = gr.Number(p["batch_size"], precision=0, minimum=1, label=t("train.batch"), elem_id="train-batch")
         max_steps = gr.Number(p["max_steps"], precision=0, minimum=0, label=t("train.max_steps"),
                               elem_id="train-max-steps")
+    lr_note = gr.Markdown(learning_rate_note(peft_type, p["learning_rate"]), elem_id="train-lr-note")
+    # The method whose recommended rate the field holds unless the person typed over it.
+    rate_method = gr.State(peft_type)
     with gr.Accordion(t("train.advanced"), open=False):
         with gr.Row():
             grad_accum = gr.Number(1, precision=0, minimum=1, label=t("train.grad_accum"))
@@ -67,9 +79,53 @@ def build() -> TrainStep:
         back = gr.Button(t("back"), elem_id="train-back")
         submit = gr.Button(t("train.submit"), variant="primary", elem_id="train-submit")
     return TrainStep(preset, name, epochs, lr, batch, max_steps, grad_accum, warmup, scheduler, weight_decay,
-                     eval_every, checkpoint_every, seed, message, yaml, back, submit)
+                     eval_every, checkpoint_every, seed, lr_note, rate_method, message, yaml, back, submit)
 
 
-def apply_preset(name: str) -> list:
-    p = PRESETS[name]
+def apply_preset(name: str, peft_type: str) -> list:
+    """The preset's values, with the chosen method's learning rate."""
+    p = preset_values(name, peft_type)
     return [p["epochs"], p["learning_rate"], p["batch_size"], p["max_steps"], p["eval_every"]]
+
+
+def follow_method(peft_type: str | None, lr: Any, previous: str | None) -> tuple[Any, Any]:
+    """(learning rate, method now followed) after the method changed from ``previous``: the new
+    method's rate when the field still holds the previous method's rate, else the person's own rate
+    is kept. Stateless apart from ``previous``, so a restored draft's typed rate survives too."""
+    if not peft_type:
+        return gr.skip(), gr.skip()
+    if previous and _same(lr, method_rate(previous)):
+        return method_rate(peft_type), peft_type
+    return gr.skip(), peft_type
+
+
+def method_rate(peft_type: str) -> float:
+    return check_learning_rate(peft_type, None).default
+
+
+def learning_rate_note(peft_type: str | None, lr: Any) -> str:
+    """The method's usual range under the field, and a warning when the rate is far outside it."""
+    if not peft_type:
+        return ""
+    check = check_learning_rate(peft_type, _number(lr))
+    text = t("train.lr.range", method=check.method, low=_rate(check.low), high=_rate(check.high),
+             default=_rate(check.default))
+    if check.far_off and _number(lr) > 0:  # 0 or less is refused by the spec check, naming the field
+        key = "train.lr.too_high" if check.too_high else "train.lr.too_low"
+        text = t(key, lr=_rate(_number(lr)), times=f"{check.off_by:.0f}", method=check.method) + "\n\n" + text
+    return text
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _same(a: Any, b: Any) -> bool:
+    return math.isclose(_number(a), _number(b), rel_tol=1e-9, abs_tol=0.0)
+
+
+def _rate(value: float) -> str:
+    return f"{value:.3g}".replace("e-0", "e-").replace("e+0", "e+")
