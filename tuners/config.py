@@ -115,15 +115,19 @@ class AdapterConfig:
         return self
 
 
-def default_field(value: Any, help: str = "", *, tuners_only: bool = False) -> Any:
+def default_field(value: Any, help: str = "", *, tuners_only: bool = False, choices: tuple | None = None) -> Any:
     """A dataclass field carrying help text (shown by the studio's method step).
 
     ``tuners_only`` marks a field that peft's config class for the same ``peft_type`` does not have (a
     subclass redeclares an inherited field to mark it), so a saved folder stays one peft reads cleanly.
+    ``choices`` lists every value the field accepts (the validator's own set), so a form can offer a list
+    instead of free text that fails only at validation.
     """
     metadata: dict[str, Any] = {"help": help}
     if tuners_only:
         metadata["tuners_only"] = True
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
     if isinstance(value, list | dict | set):
         return field(default_factory=lambda: type(value)(value), metadata=metadata)
     return field(default=value, metadata=metadata)

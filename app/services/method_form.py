@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,12 @@ BASE_HELP = {
 }
 
 
+def plain_help(text: str) -> str:
+    """Help text as a person reads it: the form shows it as plain text, so Markdown code quoting
+    (`name`, ``name``) would show its backticks; a quoted name keeps single quotes instead."""
+    return re.sub(r"`+([^`]*)`+", r"'\1'", text or "").strip()
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     name: str
@@ -43,8 +50,12 @@ class FieldSpec:
     choices: tuple[Any, ...] | None = None
 
     @property
-    def label(self) -> str:
-        return self.name.replace("_", " ")
+    def empty_is_default(self) -> bool:
+        """A number the person may leave empty, meaning "let the method work it out" (prefix tuning's
+        token_dim, AdaLoRA's total_step, the adapter's bottleneck_size). Gradio's number box shows and
+        sends 0 for an empty box, and none of these fields accepts 0, so 0 is read as empty (and the
+        studio shows these fields as text boxes, which can be empty)."""
+        return self.optional and self.default is None and self.kind in ("int", "float")
 
     def form_default(self) -> Any:
         return self.form_value(self.default)
@@ -55,6 +66,8 @@ class FieldSpec:
             return modules_to_text(value)
         if self.kind == "json":
             return "" if value is None else json.dumps(value)
+        if self.empty_is_default:
+            return "" if value is None else str(value)
         if self.kind in ("text", "int", "float") and value is None:
             return None if self.kind != "text" else ""
         return value
@@ -119,7 +132,7 @@ def describe_method(peft_type: str) -> MethodForm:
                 name=f.name,
                 kind=kind,
                 default=default,
-                help=f.metadata.get("help", "") or BASE_HELP.get(f.name, ""),
+                help=plain_help(f.metadata.get("help", "") or BASE_HELP.get(f.name, "")),
                 optional=optional,
                 advanced=f.name in ADVANCED_FIELDS or kind == "json",
                 choices=tuple(choices) if choices else None,
@@ -158,6 +171,8 @@ def modules_to_text(value: Any) -> str:
 def parse_value(spec: FieldSpec, raw: Any) -> Any:
     """One form value to the config's type; raises ConfigError naming the field."""
     name = spec.name
+    if spec.empty_is_default and not isinstance(raw, bool) and _is_zero(raw):
+        raw = None
     if raw is None or (isinstance(raw, str) and raw.strip() == ""):
         if spec.optional:
             return None
@@ -189,6 +204,13 @@ def parse_value(spec: FieldSpec, raw: Any) -> Any:
         raise ConfigError(f"{name}: expected {expected.get(spec.kind, spec.kind)}, got {raw!r}") from exc
 
 
+def _is_zero(raw: Any) -> bool:
+    try:
+        return float(raw) == 0
+    except (TypeError, ValueError):
+        return False
+
+
 def build_config(peft_type: str, values: dict[str, Any], task_type: str | None = "CAUSAL_LM") -> AdapterConfig:
     """The validated config for the form's values (missing names keep their defaults)."""
     form = describe_method(peft_type)
@@ -207,13 +229,26 @@ def build_config(peft_type: str, values: dict[str, Any], task_type: str | None =
 
 
 def config_values(config: AdapterConfig) -> dict[str, Any]:
-    """The config's fields as plain values (for a RunSpec's ``method`` section)."""
-    form = describe_method(config.peft_type)
-    return {f.name: getattr(config, f.name) for f in form.fields}
+    """The config's fields as plain values (for a RunSpec's ``method`` section).
+
+    A field left empty whose default is empty is not written at all: the spec then reads as what the
+    person chose, and loading it gives the same config (a missing key takes the field's default).
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is None}
+    out = {}
+    for f in describe_method(config.peft_type).fields:
+        value = getattr(config, f.name)
+        if value is None and f.name in defaults:
+            continue
+        out[f.name] = value
+    return out
 
 
-def meta_model(model_config: Any, task_type: str = "CAUSAL_LM"):
-    """The model built on the meta device: its structure and parameter shapes, no memory, no weights."""
+def meta_model(model_config: Any, task_type: str = "CAUSAL_LM", label_names: list[str] | None = None):
+    """The model built on the meta device: its structure and parameter shapes, no memory, no weights.
+
+    ``label_names`` sizes a classification head as the engine does (``worker.models.classification_head``).
+    """
     import copy
 
     import torch
@@ -229,13 +264,19 @@ def meta_model(model_config: Any, task_type: str = "CAUSAL_LM"):
     }
     cls = classes.get(task_type, transformers.AutoModel)
     model_config = copy.deepcopy(model_config)
+    if task_type == "SEQ_CLS" and label_names:
+        from worker.models import classification_head
+
+        for key, value in classification_head(label_names).items():
+            setattr(model_config, key, value)
     with torch.device("meta"):
         model = cls.from_config(model_config)
     return model
 
 
-def count_trainable(model_config: Any, config: AdapterConfig) -> tuple[int, int]:
-    """(trainable, total) for ``config`` applied to a meta-device copy of the model."""
-    model = meta_model(model_config, config.task_type or "CAUSAL_LM")
+def count_trainable(model_config: Any, config: AdapterConfig, label_names: list[str] | None = None) -> tuple[int, int]:
+    """(trainable, total) for ``config`` applied to a meta-device copy of the model; a classifier's
+    head sized to ``label_names`` (the data's classes), as the run will size it."""
+    model = meta_model(model_config, config.task_type or "CAUSAL_LM", label_names)
     tuned = tuners.apply(model, config.for_run(100))
     return tuned.trainable_parameters()

@@ -51,6 +51,74 @@ LABELS: dict[str, str] = {
     "method.advanced": "Advanced settings",
     "method.count": "Trainable parameters",
     "method.count.pending": "Check a model in step 1 to count trainable parameters.",
+    # --- method step: form fields (issue 11 item 9) -------------------------------------------------
+    # "method.field.<config field>" is the label a person reads for that field of any method;
+    # method_field_label() falls back to a readable form of the name, and a test requires an entry here
+    # for every field of every method in tuners.METHODS.
+    "method.empty": "empty = automatic",
+    "method.count.detail": "**{label}: {trainable}** of {total} ({pct} %), {method} on {model}",
+    "method.field.target_modules": "Target layers",
+    "method.field.exclude_modules": "Layers to skip",
+    "method.field.r": "Rank (r)",
+    "method.field.lora_alpha": "LoRA alpha (scale)",
+    "method.field.lora_dropout": "LoRA dropout",
+    "method.field.use_rslora": "Rank-stabilised LoRA (rsLoRA)",
+    "method.field.use_dora": "Weight-decomposed LoRA (DoRA)",
+    "method.field.init_lora_weights": "Initial LoRA weights",
+    "method.field.bias": "Train biases",
+    "method.field.fan_in_fan_out": "Weights stored input × output (GPT-2 Conv1D)",
+    "method.field.rank_pattern": "Rank per layer",
+    "method.field.alpha_pattern": "Alpha per layer",
+    "method.field.num_virtual_tokens": "Virtual tokens",
+    "method.field.token_dim": "Virtual token width",
+    "method.field.num_transformer_submodules": "Transformer stacks (1 or 2)",
+    "method.field.num_attention_heads": "Attention heads",
+    "method.field.num_layers": "Transformer layers",
+    "method.field.prompt_tuning_init": "Prompt initialisation",
+    "method.field.prompt_tuning_init_text": "Initial prompt text",
+    "method.field.tokenizer_name_or_path": "Tokenizer for the initial text",
+    "method.field.tokenizer_kwargs": "Tokenizer options",
+    "method.field.encoder_hidden_size": "Encoder hidden width",
+    "method.field.prefix_projection": "Produce the prefix with an MLP",
+    "method.field.encoder_reparameterization_type": "Prompt encoder",
+    "method.field.encoder_num_layers": "Encoder layers (LSTM)",
+    "method.field.encoder_dropout": "Encoder dropout",
+    "method.field.feedforward_modules": "Feed-forward layers (input scaled)",
+    "method.field.init_ia3_weights": "Start from the base model (scales at 1)",
+    "method.field.placement": "Placement",
+    "method.field.variant": "Adapter variant",
+    "method.field.reduction_factor": "Reduction factor",
+    "method.field.bottleneck_size": "Bottleneck width",
+    "method.field.non_linearity": "Activation",
+    "method.field.scaling": "Output scale",
+    "method.field.adapter_dropout": "Adapter dropout",
+    "method.field.bias_kinds": "Which biases",
+    "method.field.num_trainable_layers": "Trainable last blocks",
+    "method.field.layers": "Exact blocks to train",
+    "method.field.train_embeddings": "Train the token embeddings",
+    "method.field.train_final_norm": "Train the final norm",
+    "method.field.density": "Density (fraction of weights trained)",
+    "method.field.num_parameters": "Weights to train (exact count)",
+    "method.field.num_batches": "Calibration batches",
+    "method.field.init_r": "Initial rank",
+    "method.field.target_r": "Target average rank",
+    "method.field.total_step": "Schedule length (steps)",
+    "method.field.tinit": "Steps before pruning starts",
+    "method.field.tfinal": "Final steps with fixed ranks",
+    "method.field.deltaT": "Reallocate ranks every N steps",
+    "method.field.beta1": "Importance smoothing (β1)",
+    "method.field.beta2": "Uncertainty smoothing (β2)",
+    "method.field.orth_reg_weight": "Orthogonality penalty weight",
+    "method.field.alpha": "Alpha (scale)",
+    "method.field.rank_dropout": "Rank dropout",
+    "method.field.module_dropout": "Module dropout",
+    "method.field.init_weights": "Initial weights",
+    "method.field.rank_dropout_scale": "Rescale kept rows under rank dropout",
+    "method.field.decompose_both": "Factor both Kronecker factors",
+    "method.field.decompose_factor": "Decomposition factor",
+    "method.field.adapter_len": "Adaption prompt length",
+    "method.field.adapter_layers": "Adapted top layers",
+    # --- end of method-step field labels ------------------------------------------------------------
     # train step
     "train.preset": "Preset",
     "train.preset.info": "quick: a short smoke run · balanced: a sensible default · thorough: longer. "
@@ -120,3 +188,9 @@ def t(key: str, **values: object) -> str:
     """The label for ``key`` with ``{name}`` placeholders filled in."""
     text = LABELS[key]
     return text.format(**values) if values else text
+
+
+def method_field_label(name: str) -> str:
+    """The label of a method's config field; a field added to the core without one still reads as words
+    ("num_layers" -> "Num layers") rather than as a code name, until it gets its own entry above."""
+    return LABELS.get(f"method.field.{name}") or name.replace("_", " ").strip().capitalize()

@@ -7,6 +7,7 @@ import pytest
 
 import tuners
 from app.services import method_form
+from app.ui.labels import LABELS, method_field_label
 from tuners.config import ConfigError
 
 
@@ -69,3 +70,101 @@ def test_bad_values_name_the_field():
 
 def test_method_choices_cover_every_method():
     assert [t for _, t in method_form.method_choices()] == list(tuners.METHODS)
+
+
+# --- issue 11: empty optional numbers, human labels, fixed choices, plain help -----------------------
+
+def _empty_number_fields():
+    for peft_type in tuners.METHODS:
+        for spec in method_form.describe_method(peft_type).fields:
+            if spec.empty_is_default:
+                yield peft_type, spec.name
+
+
+@pytest.mark.parametrize(("peft_type", "name"), list(_empty_number_fields()))
+@pytest.mark.parametrize("empty", [0, 0.0, None, "", "0"])
+def test_an_optional_number_left_empty_is_absent_from_the_spec(peft_type, name, empty):
+    """Gradio's number box sends 0 (or None) for an empty box; the field must end up unset, not 0."""
+    values = {f.name: f.form_default() for f in method_form.describe_method(peft_type).fields}
+    values[name] = empty
+    if peft_type == "ADALORA" and name != "total_step":
+        values["total_step"] = 100
+    config = method_form.build_config(peft_type, values)
+    assert getattr(config, name) is None
+    assert name not in method_form.config_values(config)
+
+
+def test_the_three_methods_of_the_report_build_from_browser_values():
+    """What the browser sent for prefix tuning, AdaLoRA and the bottleneck adapter left untouched."""
+    for peft_type, name in (("PREFIX_TUNING", "token_dim"), ("ADALORA", "total_step"),
+                            ("BOTTLENECK", "bottleneck_size")):
+        form = method_form.describe_method(peft_type)
+        values = {f.name: (0 if f.empty_is_default else f.form_default()) for f in form.fields}
+        section = method_form.config_values(method_form.build_config(peft_type, values))
+        assert name not in section
+        assert all(form.field(k).default is not None for k in section)
+
+
+def test_a_number_given_is_kept_and_a_bad_one_is_still_refused():
+    assert method_form.build_config("BOTTLENECK", {"bottleneck_size": 4}).bottleneck_size == 4
+    with pytest.raises(ConfigError, match="^bottleneck_size: must be a positive integer"):
+        method_form.build_config("BOTTLENECK", {"bottleneck_size": -3})
+    with pytest.raises(ConfigError, match="^r: must be a positive integer"):
+        method_form.build_config("LORA", {"r": 0})  # not optional: 0 is not read as empty
+
+
+def test_spec_section_keeps_defaults_that_are_values():
+    section = method_form.config_values(method_form.build_config("PREFIX_TUNING", {}))
+    assert section == {"num_virtual_tokens": 20, "prefix_projection": False}
+
+
+@pytest.mark.parametrize("peft_type", list(tuners.METHODS))
+def test_every_field_of_every_method_has_a_human_label(peft_type):
+    for spec in method_form.describe_method(peft_type).fields:
+        key = f"method.field.{spec.name}"
+        assert key in LABELS, f"{peft_type}.{spec.name} has no label in app/ui/labels.py ({key})"
+        assert "_" not in LABELS[key] and LABELS[key][0].isupper()
+
+
+def test_a_field_without_a_label_still_reads_as_words():
+    assert method_field_label("use_rslora") == "Rank-stabilised LoRA (rsLoRA)"
+    assert method_field_label("some_new_field") == "Some new field"
+
+
+@pytest.mark.parametrize(("peft_type", "name"), [
+    ("LORA", "bias"), ("BOTTLENECK", "variant"), ("BOTTLENECK", "non_linearity"), ("UNIPELT", "non_linearity"),
+    ("SSF", "placement"), ("BITFIT", "bias_kinds"), ("PROMPT_TUNING", "prompt_tuning_init"),
+    ("P_TUNING", "encoder_reparameterization_type"),
+])
+def test_fields_with_fixed_choices_offer_exactly_what_the_method_accepts(peft_type, name):
+    spec = method_form.describe_method(peft_type).field(name)
+    assert spec.choices and spec.default in spec.choices
+    values = {"total_step": 100} if peft_type == "ADALORA" else {}
+    extra = {"prompt_tuning_init_text": "hello", "tokenizer_name_or_path": "tok"} if peft_type == "PROMPT_TUNING" else {}
+    for choice in spec.choices:
+        if peft_type == "BOTTLENECK" and name == "variant" and choice == "parallel":
+            continue
+        method_form.build_config(peft_type, {**values, **extra, name: choice})
+    with pytest.raises(ConfigError, match=f"^{name}: must be one of"):
+        method_form.build_config(peft_type, {**values, name: "not-a-choice"})
+
+
+def test_every_text_field_refusing_free_text_offers_choices():
+    """A str field whose validator refuses arbitrary text must declare its choices (else it is free text
+    that fails only at validation)."""
+    for peft_type in tuners.METHODS:
+        for spec in method_form.describe_method(peft_type).fields:
+            if spec.kind != "text" or spec.choices or spec.name == "target_modules":
+                continue
+            values = {"total_step": 100} if peft_type == "ADALORA" else {}
+            try:
+                method_form.build_config(peft_type, {**values, spec.name: "zz-free-text"})
+            except ConfigError as exc:
+                assert not str(exc).startswith(f"{spec.name}: must be one of"), (peft_type, spec.name)
+
+
+def test_help_is_plain_text_without_markdown_quotes():
+    assert method_form.plain_help("Use `attention` or ``all-linear``.") == "Use 'attention' or 'all-linear'."
+    for peft_type in tuners.METHODS:
+        for spec in method_form.describe_method(peft_type).fields:
+            assert "`" not in spec.help

@@ -28,7 +28,9 @@ class BitFitConfig(AdapterConfig):
     target_modules: list[str] | str | None = default_field(
         None, "Only biases of these modules (names or regex). Empty: every bias in the model."
     )
-    bias_kinds: str = default_field("all", "'all': every bias (norm layers included); 'linear': linear layers only.")
+    bias_kinds: str = default_field(
+        "all", "'all': every bias (norm layers included); 'linear': linear layers only.", choices=BIAS_KINDS
+    )
 
     def validate(self) -> None:
         super().validate()

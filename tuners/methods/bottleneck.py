@@ -40,11 +40,14 @@ class BottleneckConfig(AdapterConfig):
     peft_type = "BOTTLENECK"
 
     variant: str = default_field(
-        "houlsby", "houlsby: after attention and FFN; pfeiffer: after FFN only; parallel: beside the FFN."
+        "houlsby", "houlsby: after attention and FFN; pfeiffer: after FFN only; parallel: beside the FFN.",
+        choices=VARIANTS,
     )
     reduction_factor: int = default_field(16, "Bottleneck width = hidden size / reduction_factor.")
     bottleneck_size: int | None = default_field(None, "Bottleneck width; overrides reduction_factor.")
-    non_linearity: str = default_field("relu", "Activation inside the adapter: relu, gelu, silu or tanh.")
+    non_linearity: str = default_field(
+        "relu", "Activation inside the adapter: relu, gelu, silu or tanh.", choices=tuple(ACTIVATIONS)
+    )
     scaling: float = default_field(1.0, "Multiplier on the adapter's output.")
     adapter_dropout: float = default_field(0.0, "Dropout on the adapter's input during training.")
     target_modules: list[str] | str | None = default_field(

@@ -54,7 +54,9 @@ class LoraConfig(AdapterConfig):
     init_lora_weights: bool | str = default_field(
         True, "True: A Kaiming-uniform, B zero. 'gaussian': A ~ N(0, 1/r), B zero. False: both random."
     )
-    bias: str = default_field("none", "Train biases too: 'none', 'all', or 'lora_only' (targeted layers).")
+    bias: str = default_field(
+        "none", "Train biases too: 'none', 'all', or 'lora_only' (targeted layers).", choices=BIAS_MODES
+    )
     fan_in_fan_out: bool = default_field(False, "Set for GPT-2 Conv1D targets (weight stored in × out).")
     rank_pattern: dict = default_field({}, "Per-module rank: {regex of module name: r}.")
     alpha_pattern: dict = default_field({}, "Per-module alpha: {regex of module name: alpha}.")

@@ -36,7 +36,9 @@ ENCODER_TYPES = ("MLP", "LSTM")
 class PromptEncoderConfig(PromptLearningConfig):
     peft_type = "P_TUNING"
 
-    encoder_reparameterization_type: str = default_field("MLP", "Prompt encoder: MLP (recommended) or LSTM.")
+    encoder_reparameterization_type: str = default_field(
+        "MLP", "Prompt encoder: MLP (recommended) or LSTM.", choices=ENCODER_TYPES
+    )
     encoder_hidden_size: int | None = default_field(None, "Hidden width of the encoder (default: the token width).")
     encoder_num_layers: int = default_field(2, "LSTM layers (the MLP always has 3 linear layers).")
     encoder_dropout: float = default_field(0.0, "Dropout between LSTM layers.")

@@ -69,7 +69,8 @@ class PromptTuningConfig(PromptLearningConfig):
     peft_type = "PROMPT_TUNING"
 
     prompt_tuning_init: str = default_field(
-        "RANDOM", "Initial prompt: RANDOM (normal), TEXT (embeddings of an init text), SAMPLE_VOCAB (random tokens)."
+        "RANDOM", "Initial prompt: RANDOM (normal), TEXT (embeddings of an init text), SAMPLE_VOCAB (random tokens).",
+        choices=INIT_MODES,
     )
     prompt_tuning_init_text: str | None = default_field(None, "Text whose token embeddings start the prompt (TEXT).")
     tokenizer_name_or_path: str | None = default_field(None, "Tokenizer (local path or hub id) for the init text.")

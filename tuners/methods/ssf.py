@@ -34,7 +34,8 @@ class SSFConfig(AdapterConfig):
         None, "Layers to follow with scale-and-shift. Empty: chosen by 'placement'."
     )
     placement: str = default_field(
-        "both", "Without target_modules: after the attention output ('attention'), the FFN output ('ffn') or both."
+        "both", "Without target_modules: after the attention output ('attention'), the FFN output ('ffn') or both.",
+        choices=PLACEMENTS,
     )
 
     def validate(self) -> None:

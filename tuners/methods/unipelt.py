@@ -57,7 +57,9 @@ class UniPeltConfig(PrefixTuningConfig):
         None, "Layers that get gated LoRA (default: the attention query and value projections)."
     )
     reduction_factor: int = default_field(16, "Adapter bottleneck width = hidden size / reduction_factor.")
-    non_linearity: str = default_field("relu", "Activation inside the adapter: relu, gelu, silu or tanh.")
+    non_linearity: str = default_field(
+        "relu", "Activation inside the adapter: relu, gelu, silu or tanh.", choices=tuple(ACTIVATIONS)
+    )
 
     def validate(self) -> None:
         super().validate()
