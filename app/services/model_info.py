@@ -15,7 +15,7 @@ from typing import Any
 
 from app.registry.catalog import BUNDLED_MODELS, bundled_model
 from app.registry.spec import looks_like_path
-from app.services.estimate import ModelShape, estimate_training_memory, human_count
+from app.services.estimate import MemoryEstimate, ModelShape, estimate_training_memory, human_count
 
 SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -92,6 +92,10 @@ def load_config(ref: str, models_dir: Path | None = None, trust_remote_code: boo
         return AutoConfig.from_pretrained(folder, **kwargs)
     if looks_like_path(ref):
         folder = Path(ref).expanduser()
+        if not folder.exists():
+            raise ModelNotFound(f"no such folder: {ref}")
+        if not folder.is_dir():
+            raise ModelNotFound(f"{ref}: is a file, not a folder (give the folder that holds config.json)")
         if not (folder / "config.json").is_file():
             raise ModelNotFound(f"{ref}: no config.json in that folder (is it a transformers model folder?)")
         return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
@@ -148,10 +152,19 @@ def describe_model(ref: str, models_dir: Path | None = None, trust_remote_code: 
     )
 
 
-def estimate_table(
-    info: ModelInfo, trainable: int, precision: str, quantization: str, batch_size: int, seq_len: int
-) -> list[list[str]]:
-    est = estimate_training_memory(info.shape, trainable, precision, quantization, batch_size, seq_len)
-    rows = [[k, v] for k, v in est.as_rows()]
-    rows.insert(0, ["Bits per base weight", f"{est.bits_per_weight:.3f}"])
-    return rows
+def estimate_memory(
+    info: ModelInfo, trainable: int, precision: str, quantization: str, batch_size: int, seq_len: int,
+    peft_type: str | None = None, data_shape: str | None = None,
+) -> MemoryEstimate:
+    """The estimate for what the wizard holds: the task follows the data's format once one is chosen
+    (classification has no vocabulary-sized output), and a method that trains the model's own
+    weights (full fine-tuning, BitFit) is counted as such."""
+    import tuners
+    from app.services.wizard import task_for
+
+    method = tuners.METHODS.get(peft_type or "")
+    return estimate_training_memory(
+        info.shape, trainable, precision, quantization, batch_size, seq_len,
+        task=task_for(data_shape, info.tasks),
+        trains_base_weights=bool(method is not None and method.trains_base_weights),
+    )

@@ -81,22 +81,24 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored):
         return method_step.count_text(info, peft_type, method_step.values_for(me, peft_type, values),
                                       task_of(info, shape))
 
-    estimate_inputs = [ms.state, me.trainable, ms.precision, ms.quantization, ms.batch, ms.seq_len]
+    estimate_inputs = [ms.state, me.trainable, ms.precision, ms.quantization, ms.batch, ms.seq_len, me.choice, ds.shape]
+    estimate_outputs = [ms.estimate, ms.fit]
+
+    def estimate_rows(*values):
+        return model_step.estimate_rows(*values, embedded=ctx.settings.embedded_broker)
     count_event = dict(fn=count, inputs=[ms.state, ds.shape, *method_inputs], outputs=[me.trainable, me.count])
 
     checked = ms.check.click(check, [ms.bundled, ms.custom, ms.trust], [ms.state, ms.info])
-    checked.then(**count_event).then(model_step.estimate_rows, estimate_inputs, ms.estimate)
+    checked.then(**count_event).then(estimate_rows, estimate_inputs, estimate_outputs)
     for comp in (ms.precision, ms.quantization, ms.batch, ms.seq_len):
-        comp.change(model_step.estimate_rows, estimate_inputs, ms.estimate)
+        comp.change(estimate_rows, estimate_inputs, estimate_outputs)
 
     def next_from_model(info, bundled, custom, trust):
-        if info is None:
-            info, _ = check(bundled, custom, trust)
-        return info
+        info, text, go_on = model_step.next_from_model(info, bundled, custom, trust, models_dir)
+        return (info, text, *(_go(1)() if go_on else (gr.skip(), gr.skip())))
 
-    ms.next.click(next_from_model, [ms.state, ms.bundled, ms.custom, ms.trust], ms.state).then(
-        lambda info: info.markdown() if info is not None else gr.skip(), ms.state, ms.info
-    ).then(_go(1), None, nav)
+    ms.next.click(next_from_model, [ms.state, ms.bundled, ms.custom, ms.trust], [ms.state, ms.info, *nav]).then(
+        **count_event).then(estimate_rows, estimate_inputs, estimate_outputs)
 
     # data step
     def preview_of(ref, info, shape, mapping, max_length, val_fraction, dedupe):
@@ -139,18 +141,18 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored):
     for role in ds.roles:
         role.input(lambda *a: show(*a, user_mapping=True), preview_inputs, preview_outputs)
 
-    def next_from_data(ref):
-        if not ref:
-            return gr.Walkthrough(selected=1), 1, data_step.error_box("Upload a file or pick a demo dataset first.")
-        return gr.Walkthrough(selected=2), 2, gr.skip()
+    def next_from_data(ref, path):
+        ref, refusal = data_step.next_from_data(ctx, ref, path)
+        return (ref, gr.skip(), gr.skip(), refusal) if refusal else (ref, *_go(2)(), gr.skip())
 
     ds.back.click(_go(0), None, nav)
-    ds.next.click(next_from_data, ds.ref, [*nav, ds.status]).then(**count_event)
+    ds.next.click(next_from_data, [ds.ref, ds.upload], [ds.ref, *nav, ds.status]).then(**count_event).then(
+        estimate_rows, estimate_inputs, estimate_outputs)
 
     # method step
     me.choice.change(lambda pt: method_step.show_method(me, pt), me.choice,
                      [*me.groups.values(), me.summary]).then(**count_event).then(
-        model_step.estimate_rows, estimate_inputs, ms.estimate)
+        estimate_rows, estimate_inputs, estimate_outputs)
     for comp in me.inputs:
         comp.change(**count_event)
     me.back.click(_go(1), None, nav)
@@ -252,7 +254,7 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored):
         """After the fields are back: the model check, the data preview and the counts, redone."""
         restored.then(recheck, [loaded, ms.bundled, ms.custom, ms.trust], [ms.state, ms.info]).then(
             repreview, [loaded, ds.ref, ms.state, ds.max_length, ds.val_fraction, ds.dedupe], preview_outputs).then(
-            **count_event).then(model_step.estimate_rows, estimate_inputs, ms.estimate)
+            **count_event).then(estimate_rows, estimate_inputs, estimate_outputs)
 
     redo_derived(demo.load(restore, stored, restore_outputs, api_visibility="private"))
 

@@ -34,6 +34,29 @@ LABELS: dict[str, str] = {
     "model.batch": "Batch size for the estimate",
     "model.info.empty": "Pick a model and press **Check model**.",
     "model.estimate": "Estimated training memory",
+    # model/data steps: going on, memory fit (issue 11 items 6 and 8)
+    "model.next.refused": "Can't go on yet: the model check failed. {reason}",
+    "data.next.refused": "Can't go on yet: {reason}",
+    "estimate.part": "Part",
+    "estimate.memory": "Memory",
+    "estimate.weights.full": "Model weights (full precision: 4 bytes each)",
+    "estimate.weights.int8": "Model weights (8-bit: about a quarter of full size)",
+    "estimate.weights.nf4": "Model weights (4-bit NF4 layers: about an eighth of full size; embeddings stay full)",
+    "estimate.trainable": "Training state of the trained weights (gradients, optimizer)",
+    "estimate.activations": "Activations kept for the backward pass (grow with batch × length)",
+    "estimate.logits": "Scores over the vocabulary for every token (language models; grow with batch × length)",
+    "estimate.working": "Working memory (tokenizer, data, library buffers)",
+    "estimate.total": "Total",
+    "estimate.where.ram": "this machine's memory",
+    "estimate.where.gpu": "the GPU ({name})",
+    "estimate.fit.fits": "**Fits:** {need} of {total} GiB of {where} ({free} GiB free now).",
+    "estimate.fit.tight": "**Tight:** needs {need} of {total} GiB of {where}, but only {free} GiB is free now.",
+    "estimate.fit.too_big": "**Does not fit:** needs {need} GiB; {where} has {total} GiB. Lower the batch size or "
+    "the sequence length, or store the weights in 4 bits (NF4).",
+    "estimate.fit.unknown": "Needs about {need} GiB. The worker runs on another machine: check it has that much.",
+    "estimate.why": "An estimate from the model's shape, checked against measured peaks (within a quarter). "
+    "Activations and vocabulary scores grow with batch × sequence length; 4-bit weights shrink only the "
+    "model-weights line.",
     # data step
     "data.upload": "Upload a dataset (CSV, TSV, JSON, JSONL, Parquet, TXT, or a zip of one)",
     "data.bundled": "…or a bundled demo dataset",

@@ -89,6 +89,20 @@ def register(ctx, path: str | None, original_name: str | None = None) -> tuple[s
     return f"dataset:{view.id}", ""
 
 
+def next_from_data(ctx, ref: str | None, upload_path: str | None) -> tuple[str | None, str | None]:
+    """(dataset ref, None) to go on, or (None, an error box saying why Next stays on the data step).
+
+    A file that is on screen but was refused at upload is checked again through the same
+    ``add_dataset`` the CLI's ``tunestudio datasets add`` uses, so the page repeats that reason in
+    the CLI's words instead of asking for a file the person can see they uploaded."""
+    if ref:
+        return ref, None
+    if not upload_path:
+        return None, error_box(t("data.next.refused", reason=t("data.empty")))
+    ref, problem = register(ctx, upload_path, Path(upload_path).name)
+    return (ref, None) if ref else (None, problem)
+
+
 def register_demo(ctx, name: str | None) -> tuple[str | None, str]:
     """Demo dataset -> registered dataset ref, or an error message."""
     if not name:

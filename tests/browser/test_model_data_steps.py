@@ -1,0 +1,95 @@
+"""Steps 1 and 2 in Chromium: Next is refused (with the reason) while the model or the data is not
+usable, the messages say what is wrong in the CLI's words, and the memory estimate reads as plain
+words against the worker's memory."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import shot
+from tests.browser.test_studio import field
+from tests.engine.helpers import save_tiny_model
+from tests.support.studio import ROOT
+
+pytestmark = pytest.mark.browser
+
+
+def open_wizard(page, studio) -> None:
+    page.goto(studio.url)
+    page.get_by_role("tab", name="New run").click()
+    page.locator("#model-check").wait_for()
+
+
+def test_next_is_refused_until_the_model_check_passes(page, studio, tmp_path):
+    open_wizard(page, studio)
+    missing = tmp_path / "no-such-model"
+    field(page, "model-custom").fill(str(missing))
+    page.locator("#model-check").click()
+    error = page.locator("#model-error")
+    expect(error).to_contain_text(f"no such folder: {missing}", timeout=30_000)
+    assert "config.json" not in error.inner_text()
+
+    page.locator("#model-next").click()
+    expect(error).to_contain_text("Can't go on yet", timeout=30_000)
+    expect(error).to_contain_text(f"no such folder: {missing}")
+    shot(page, "model-data-01-next-refused")
+    expect(page.locator("#data-upload")).to_be_hidden()
+    expect(page.locator("#model-next")).to_be_visible()
+
+    empty = tmp_path / "empty-folder"
+    empty.mkdir()
+    field(page, "model-custom").fill(str(empty))
+    page.locator("#model-check").click()
+    expect(error).to_contain_text("no config.json in that folder", timeout=30_000)
+
+    # A model checked once, then a field changed to something unreadable: Next checks again.
+    model_dir = save_tiny_model(tmp_path / "tiny-llama")
+    field(page, "model-custom").fill(str(model_dir))
+    page.locator("#model-check").click()
+    page.locator("#model-info").get_by_text("LlamaForCausalLM").wait_for(timeout=60_000)
+    field(page, "model-custom").fill(str(missing))
+    page.locator("#model-next").click()
+    expect(error).to_contain_text(f"no such folder: {missing}", timeout=30_000)
+    expect(page.locator("#data-upload")).to_be_hidden()
+
+    # Fixed: Next goes on without a separate check.
+    field(page, "model-custom").fill(str(model_dir))
+    page.locator("#model-next").click()
+    expect(page.locator("#data-upload")).to_be_visible(timeout=60_000)
+    expect(page.locator("#model-error")).to_have_count(0)
+
+
+def cli_refusal(path, home) -> str:
+    """What ``tunestudio datasets add`` says about ``path`` (its stderr without the "error: " prefix)."""
+    env = dict(os.environ, TUNESTUDIO_HOME=str(home))
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "datasets", "add", str(path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0, proc.stdout
+    return re.sub(r"^error: ", "", proc.stderr.strip().splitlines()[-1])
+
+
+def test_a_header_only_file_is_refused_in_the_clis_words(page, studio, tmp_path):
+    header_only = tmp_path / "reviews.csv"
+    header_only.write_text("text,label\n", encoding="utf-8")
+    expected = cli_refusal(header_only, tmp_path / "cli-home")
+    assert "no data rows" in expected
+
+    open_wizard(page, studio)
+    field(page, "model-custom").fill(str(save_tiny_model(tmp_path / "tiny-llama")))
+    page.locator("#model-next").click()
+    page.locator("#data-upload input[type=file]").set_input_files(str(header_only))
+    error = page.locator("#data-error")
+    expect(error).to_have_text(expected, timeout=30_000)
+
+    page.locator("#data-next").click()
+    expect(error).to_contain_text(expected, timeout=30_000)
+    assert "Upload a file" not in page.locator("#data-status").inner_text()
+    expect(page.locator("#data-upload")).to_be_visible()
+    expect(page.locator("#method-next")).to_be_hidden()
+    shot(page, "model-data-02-header-only")
