@@ -79,8 +79,9 @@ class TrainResult:
     adapter_dir: Path
     steps: int
     label_names: list[str] | None
-    first_eval_loss: float | None
-    last_eval_loss: float | None
+    first_eval_loss: float | None  # at step 0, on the eval sample (training.eval_samples)
+    last_eval_loss: float | None  # after the last step, on the whole validation split
+    last_sample_eval_loss: float | None = None  # after the last step, on the step-0 sample (compare with first)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -149,13 +150,28 @@ def _prepare_data(
         seed=spec.training.seed, dedupe=spec.data.dedupe, task=task,
     )
     prepared = wd.prepare(table, shape, mapping, tokenizer, options, val_table=val_table)
-    repeats = prepared.stats.get("duplicates_removed") or 0
-    reporter.log(f"data: {len(prepared.train)} training and {len(prepared.eval)} validation examples "
-                 f"from {table.source} (shape {_name(shape)})"
-                 + (f"; {repeats:,} exact repeats removed" if repeats else ""))
+    reporter.log(data_summary(prepared.stats, table.source, len(prepared.train), len(prepared.eval)))
     if not prepared.train:
         raise ValueError("data: no training examples left after preparation")
     return prepared, task
+
+
+def data_summary(stats: dict[str, Any], source: str, n_train: int, n_eval: int) -> str:
+    """The run log's data line. Its training / validation row figures are the data preview's
+    (repeats removed, then split by ``split_sizes``); rows dropped afterwards are counted apart."""
+    line = (f"data: {stats.get('train_rows', n_train):,} training / {stats.get('eval_rows', n_eval):,} "
+            f"validation rows from {source} (shape {stats.get('shape')})")
+    repeats = stats.get("duplicates_removed") or 0
+    if repeats:
+        line += f"; {repeats:,} exact repeats removed"
+    dropped = stats.get("dropped") or 0
+    if dropped:
+        line += f"; {dropped:,} dropped (nothing to learn after truncation, or a label unseen in training)"
+    if dropped or stats.get("packed"):
+        line += f"; {stats.get('examples_train', n_train):,} / {n_eval:,} examples"
+    if stats.get("packed"):
+        line += f", packed into {n_train:,} blocks"
+    return line
 
 
 def _shape(wd: Any, value: str) -> Any:
@@ -188,6 +204,36 @@ def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tens
         lw = max(len(e["labels"]) for e in examples)
         batch["labels"] = torch.tensor([list(e["labels"]) + [-100] * (lw - len(e["labels"])) for e in examples])
     return batch
+
+
+# ---------------------------------------------------------------------------------------------- eval and log
+# At most this many per-step lines in a run's log (the UI shows the log's tail); longer runs log every N steps.
+STEP_LOG_LINES = 100
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """Which validation examples the evals before the last see (``sample``; None = all of them)."""
+
+    sample: list[int] | None
+    rest: list[int]
+
+
+def eval_plan(n_eval: int, eval_samples: int | None, seed: int) -> EvalPlan:
+    """A fixed, seeded sample of the validation split, the same at every eval so the curve compares
+    like with like; None when the cap is off or the split is no bigger than it."""
+    if not eval_samples or n_eval <= eval_samples:
+        return EvalPlan(None, [])
+    sample = sorted(random.Random(seed).sample(range(n_eval), eval_samples))
+    chosen = set(sample)
+    return EvalPlan(sample, [i for i in range(n_eval) if i not in chosen])
+
+
+def step_log_interval(total_steps: int, log_every: int) -> int:
+    """Every logged step gets a log line while that stays under ``STEP_LOG_LINES`` lines; longer runs
+    log every k-th logged step (the metric points, and so the chart, keep every one)."""
+    per_line = max(1, math.ceil(total_steps / (STEP_LOG_LINES * log_every)))
+    return per_line * log_every
 
 
 # ---------------------------------------------------------------------------------------------- schedule
@@ -299,27 +345,53 @@ def train(
     def autocast():
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
-    def evaluate(step: int, epoch: float) -> float | None:
-        if not prepared.eval:
-            return None
-        tuned.eval()
+    plan = eval_plan(len(prepared.eval), t.eval_samples, t.seed)
+    if plan.sample is not None:
+        reporter.log(f"eval: every eval before the last on {len(plan.sample)} of {len(prepared.eval):,} validation "
+                     f"examples (a fixed sample, training.eval_samples); the last on all {len(prepared.eval):,}")
+
+    def run_eval(indices: list[int]) -> tuple[float, int, int]:
+        """(loss sum, loss weight, correct) over ``indices``; length-sorted batches pad little."""
         loss_sum, weight, correct = 0.0, 0, 0
+        ordered = sorted(indices, key=lambda i: len(prepared.eval[i]["input_ids"]))
+        for start in range(0, len(ordered), t.batch_size):
+            chunk = [prepared.eval[i] for i in ordered[start : start + t.batch_size]]
+            batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+            out = tuned(**batch)
+            n = len(chunk) if task == "SEQ_CLS" else int((batch["labels"] != -100).sum())
+            loss_sum += float(out.loss) * n
+            weight += n
+            if task == "SEQ_CLS":
+                correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+        return loss_sum, weight, correct
+
+    def evaluate(step: int, epoch: float, final: bool = False) -> tuple[float | None, float | None]:
+        """Eval loss at ``step`` (sample, or whole split when ``final``) and, for the last eval, the
+        sample's loss too (the sample's batches go first, so both come from one pass)."""
+        if not prepared.eval:
+            return None, None
+        tuned.eval()
         with torch.no_grad(), autocast():
-            for i in range(0, len(prepared.eval), t.batch_size):
-                chunk = prepared.eval[i : i + t.batch_size]
-                batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
-                out = tuned(**batch)
-                n = len(chunk) if task == "SEQ_CLS" else int((batch["labels"] != -100).sum())
-                loss_sum += float(out.loss) * n
-                weight += n
-                if task == "SEQ_CLS":
-                    correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+            sample = plan.sample if plan.sample is not None else list(range(len(prepared.eval)))
+            loss_sum, weight, correct = run_eval(sample)
+            sample_loss = loss_sum / max(weight, 1)
+            count = len(sample)
+            if final and plan.sample is not None:
+                more = run_eval(plan.rest)
+                loss_sum, weight, correct = loss_sum + more[0], weight + more[1], correct + more[2]
+                count = len(prepared.eval)
         tuned.train()
         loss = loss_sum / max(weight, 1)
-        accuracy = correct / len(prepared.eval) if task == "SEQ_CLS" else None
+        accuracy = correct / count if task == "SEQ_CLS" else None
         reporter.metric(Point(step, epoch, "eval", loss, accuracy=accuracy))
-        reporter.log(f"eval step {step}: loss {loss:.4f}" + (f" accuracy {accuracy:.3f}" if accuracy is not None else ""))
-        return loss
+        scope = f"all {count:,}" if count == len(prepared.eval) else f"{count} of {len(prepared.eval):,}"
+        reporter.log(f"eval step {step} on {scope} validation examples: loss {loss:.4f}"
+                     + (f" accuracy {accuracy:.3f}" if accuracy is not None else "")
+                     + (f" (the {len(sample)}-example sample: {sample_loss:.4f})"
+                        if count != len(sample) else ""))
+        return loss, sample_loss
+
+    log_lines_every = step_log_interval(total_steps, t.log_every)
 
     generator = torch.Generator().manual_seed(t.seed)
     order: list[int] = []
@@ -337,8 +409,7 @@ def train(
         return chunk
 
     tuned.train()
-    first_eval = evaluate(0, 0.0)
-    last_eval = first_eval
+    first_eval, _ = evaluate(0, 0.0)
     step = 0
     window_tokens, window_start = 0, time.perf_counter()
     while step < total_steps:
@@ -369,21 +440,26 @@ def train(
         reporter.progress(step, total_steps)
         if step % t.log_every == 0 or step == total_steps:
             elapsed = time.perf_counter() - window_start
-            reporter.metric(Point(step, epoch, "train", step_loss, lr, window_tokens / max(elapsed, 1e-9), grad_norm))
+            speed = window_tokens / max(elapsed, 1e-9)
+            reporter.metric(Point(step, epoch, "train", step_loss, lr, speed, grad_norm))
+            if step == 1 or step % log_lines_every == 0 or step == total_steps:
+                reporter.log(f"step {step}/{total_steps}: loss {step_loss:.4f} · lr {lr:.3g} · "
+                             f"{speed:,.0f} tokens/s · grad norm {grad_norm:.3g}")
             window_tokens, window_start = 0, time.perf_counter()
         if t.eval_every and step % t.eval_every == 0 and step != total_steps:
-            last_eval = evaluate(step, epoch)
+            evaluate(step, epoch)
         if t.checkpoint_every and step % t.checkpoint_every == 0 and step != total_steps:
             path = tuned.save_pretrained(out_dir / "checkpoints" / f"step-{step}", extra_files=_extras(spec, label_names))
             reporter.artifact("checkpoint", path, step)
             reporter.log(f"checkpoint saved at step {step}")
-    last_eval = evaluate(step, (step * t.grad_accum * t.batch_size) / len(prepared.train))
+    last_eval, last_sample_eval = evaluate(step, (step * t.grad_accum * t.batch_size) / len(prepared.train),
+                                           final=True)
     if reporter.should_stop():
         raise Cancelled(f"cancelled at step {step}")
     adapter_dir = tuned.save_pretrained(out_dir / "adapter", extra_files=_extras(spec, label_names))
     reporter.artifact("adapter", adapter_dir, step)
     reporter.log(f"adapter saved ({step} steps)")
-    return TrainResult(adapter_dir, step, label_names, first_eval, last_eval)
+    return TrainResult(adapter_dir, step, label_names, first_eval, last_eval, last_sample_eval)
 
 
 def _grad_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> float:

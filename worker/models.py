@@ -21,7 +21,8 @@ from app.registry.catalog import BUNDLED_MODELS, BundledModel, bundled_model
 
 SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-__all__ = ["BUNDLED_MODELS", "ModelError", "ensure_smollm2", "load_model", "load_tokenizer", "resolve_model"]
+__all__ = ["BUNDLED_MODELS", "ModelError", "classification_head", "ensure_smollm2", "load_model", "load_tokenizer",
+           "resolve_model"]
 
 
 class ModelError(ValueError):
@@ -148,10 +149,7 @@ def load_model(
         if len(labels) < 2:
             raise ModelError("classification needs at least two labels in the data")
         # A checkpoint whose head was trained for other labels gets a fresh head of the right size.
-        kwargs.update(
-            num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-            ignore_mismatched_sizes=True,
-        )
+        kwargs.update(classification_head(labels), ignore_mismatched_sizes=True)
     try:
         model = cls.from_pretrained(ref, **kwargs)
     except (OSError, ValueError) as exc:
@@ -159,6 +157,15 @@ def load_model(
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def classification_head(label_names: list[str]) -> dict[str, Any]:
+    """The config fields that size a classification head: the one rule for the engine's model and
+    the method step's meta-device count (which used the config's default two labels and so counted
+    fewer trainable parameters than the run for three classes)."""
+    labels = [str(n) for n in label_names]
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {n: i for i, n in enumerate(labels)}}
 
 
 def _first_line(exc: BaseException) -> str:

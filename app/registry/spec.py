@@ -70,6 +70,9 @@ class TrainingSpec:
     scheduler: str = "linear"
     max_grad_norm: float | None = 1.0
     eval_every: int = 50
+    # Evals before the last one use a seeded sample of this many validation examples (the step-0
+    # eval on a CPU must not hold training up); the last eval uses the whole split. 0/None: always whole.
+    eval_samples: int | None = 64
     checkpoint_every: int = 0
     log_every: int = 1
     seed: int = 42
@@ -222,6 +225,11 @@ class RunSpec:
         if t.max_grad_norm is not None:
             _number("training.max_grad_norm", t.max_grad_norm, positive=True)
         _int("training.eval_every", t.eval_every, lo=0)
+        if t.eval_samples is not None and (
+            not isinstance(t.eval_samples, int) or isinstance(t.eval_samples, bool) or t.eval_samples < 0
+        ):
+            raise SpecError("training.eval_samples", "must be a whole number of validation examples, 0 or more "
+                            f"(0 or null = every eval uses the whole validation split), got {t.eval_samples!r}")
         _int("training.checkpoint_every", t.checkpoint_every, lo=0)
         _int("training.log_every", t.log_every, lo=1)
         _int("training.seed", t.seed, lo=0)

@@ -124,11 +124,58 @@ def preview(
     return out
 
 
+_LABELS_CACHE: dict[tuple, list[str] | None] = {}
+
+
+def label_names(ctx: Context, ref: str | None, shape: str | None, mapping: dict[str, str] | None = None
+                ) -> list[str] | None:
+    """The classes a classification run on this data will have, by the engine's own rule
+    (``label_names_of`` over every row), so the method step's trainable count sizes the head as the run
+    does; None for other shapes or when the data cannot be read (the data step shows that problem)."""
+    from worker.data import normalise_rows
+    from worker.data.prepare import label_names_of
+
+    if not ref or shape not in ("classification", "pair_classification"):
+        return None
+    try:
+        dataset_id = _dataset_id(ref)
+        view = datasets.get_dataset(ctx, dataset_id) if dataset_id is not None else None
+        if view is None:
+            return None
+        key = (view.sha256, shape, tuple(sorted((mapping or {}).items())))
+        if key not in _LABELS_CACHE:  # keyed by content: the count reruns on every method field change
+            table, _ = _table_for(ctx, ref)
+            chosen = dict(mapping) if mapping else _detected_mapping(table, shape)
+            if len(_LABELS_CACHE) > 16:
+                _LABELS_CACHE.clear()
+            _LABELS_CACHE[key] = label_names_of(normalise_rows(table, shape, chosen))
+        return _LABELS_CACHE[key]
+    except Exception:
+        return None
+
+
+def _detected_mapping(table: Any, shape: str) -> dict[str, str]:
+    from worker.data import detect_shape
+
+    detection = detect_shape(table)
+    return dict(detection.mapping) if str(getattr(detection.shape, "value", detection.shape)) == shape else {}
+
+
 def statistics(table: Any, shape: str, mapping: dict[str, str], tokenizer: Any, max_length: int):
     from worker.data import length_histogram_png, preview_stats
 
     stats = preview_stats(table, shape, mapping, tokenizer, max_length)
     return stats, length_histogram_png(stats)
+
+
+def split_figures(stats: dict[str, Any], val_fraction: float = 0.0, dedupe: bool = True) -> tuple[int, int]:
+    """(training, validation) rows as the engine will split them: repeats removed first, then the
+    engine's own rule (``worker.data.prepare.split_sizes``), so the figures match the run log exactly."""
+    from worker.data.prepare import split_sizes
+
+    rows = int(stats.get("rows", 0))
+    used = rows - int(stats.get("duplicates") or 0) if dedupe else rows
+    return split_sizes(used, float(val_fraction or 0))
 
 
 def summary_rows(stats: dict[str, Any], val_fraction: float = 0.0, dedupe: bool = True) -> list[tuple[str, str]]:
@@ -141,10 +188,8 @@ def summary_rows(stats: dict[str, Any], val_fraction: float = 0.0, dedupe: bool 
     if duplicates:
         fate = "removed before training" if dedupe else "kept (de-duplication is off)"
         out.append(("Exact repeats", f"{duplicates:,}, {fate}"))
-    used = rows - duplicates if dedupe else rows
-    held_out = int(round(used * float(val_fraction or 0)))
-    about = "about " if dedupe and duplicates else ""  # the split is drawn before repeats are removed
-    out.append(("Training / validation", f"{about}{used - held_out:,} / {held_out:,}"))
+    train_rows, held_out = split_figures(stats, val_fraction, dedupe)
+    out.append(("Training / validation", f"{train_rows:,} / {held_out:,}"))
     tokens = stats.get("tokens") or {}
     if tokens.get("count"):
         out.append(("Tokens per example", f"min {tokens['min']} · mean {tokens['mean']:.1f} · median {tokens['p50']}"

@@ -38,7 +38,7 @@ def test_exact_repeats_are_counted_and_the_split_shown_after_removing_them(ctx, 
     assert prev.stats["duplicates"] == 70
     kept = dict(data_preview.summary_rows(prev.stats, val_fraction=0.1, dedupe=True))
     assert kept["Exact repeats"] == "70, removed before training"
-    assert kept["Training / validation"] == "about 27 / 3"
+    assert kept["Training / validation"] == "27 / 3"  # exact: repeats go before the split (split_sizes)
     off = dict(data_preview.summary_rows(prev.stats, val_fraction=0.1, dedupe=False))
     assert off["Exact repeats"] == "70, kept (de-duplication is off)" and off["Training / validation"] == "90 / 10"
 

@@ -243,12 +243,25 @@ def _dedupe(records: list[dict], indices: list[int], seen: set[str]) -> tuple[li
     return kept, removed
 
 
-def _split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    if fraction <= 0 or n < 2:
-        return list(range(n)), []
-    order = list(range(n))
+def split_sizes(rows: int, fraction: float) -> tuple[int, int]:
+    """(training, validation) rows for ``rows`` distinct rows: the one rule the data preview and the
+    engine share, so the figures the data step shows are the ones the run log reports.
+
+    At least one validation row when a fraction is asked for, and at least one training row.
+    """
+    if fraction <= 0 or rows < 2:
+        return rows, 0
+    n_eval = min(rows - 1, max(1, round(rows * fraction)))
+    return rows - n_eval, n_eval
+
+
+def _split(indices: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded random split of ``indices`` into (training, validation) of :func:`split_sizes`."""
+    _, n_eval = split_sizes(len(indices), fraction)
+    if not n_eval:
+        return list(indices), []
+    order = list(indices)
     random.Random(seed).shuffle(order)
-    n_eval = min(n - 1, max(1, round(n * fraction)))
     return sorted(order[n_eval:]), sorted(order[:n_eval])
 
 
@@ -301,16 +314,20 @@ def prepare(
                     file=val_table.source, line=val_table.line_of(i), row=i + 1, field=mapping["label"],
                     hint=f"Use one of: {', '.join(label_names[:20])}",
                 )
-    if val_records is None:
-        train_idx, eval_idx = _split(len(records), float(options.val_fraction), options.seed)
-    else:
-        train_idx, eval_idx = list(range(len(records))), list(range(len(val_records)))
+    # Repeats go first, then the split: the split sizes then follow from the distinct rows alone
+    # (split_sizes), which the data preview knows before any seed is chosen.
     duplicates = 0
+    seen: set[str] = set()
+    kept = list(range(len(records)))
     if options.dedupe:
-        seen: set[str] = set()
-        train_idx, duplicates = _dedupe(records, train_idx, seen)
-        eval_idx, eval_duplicates = _dedupe(val_records if val_records is not None else records, eval_idx, seen)
-        duplicates += eval_duplicates
+        kept, duplicates = _dedupe(records, kept, seen)
+    if val_records is None:
+        train_idx, eval_idx = _split(kept, float(options.val_fraction), options.seed)
+    else:
+        train_idx, eval_idx = kept, list(range(len(val_records)))
+        if options.dedupe:
+            eval_idx, eval_duplicates = _dedupe(val_records, eval_idx, seen)
+            duplicates += eval_duplicates
 
     builder = _Builder(tokenizer, shape, options.task, options.max_length, label_names)
     train_items = builder.build([records[i] for i in train_idx])
