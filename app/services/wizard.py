@@ -63,11 +63,13 @@ QUANT_TO_SPEC = {"none": ("full", False), "int8": ("int8", False), "nf4": ("nf4"
 
 
 def task_for(shape: str | None, model_tasks: tuple[str, ...] | list[str] = ()) -> str:
-    """Classification data trains a SEQ_CLS head; everything else trains the model's generative task."""
-    if shape == "classification":
+    """Classification data trains a SEQ_CLS head; everything else trains the model's generative task,
+    and a model without one (an encoder such as MiniLM) its own task: building an encoder as a causal
+    LM is what made transformers warn "add is_decoder=True" at every model check."""
+    if shape in ("classification", "pair_classification"):
         return "SEQ_CLS"
-    if model_tasks and "CAUSAL_LM" not in model_tasks and "SEQ_2_SEQ_LM" in model_tasks:
-        return "SEQ_2_SEQ_LM"
+    if model_tasks and "CAUSAL_LM" not in model_tasks:
+        return "SEQ_2_SEQ_LM" if "SEQ_2_SEQ_LM" in model_tasks else model_tasks[0]
     return "CAUSAL_LM"
 
 

@@ -12,7 +12,7 @@ from app.services import draft as draft_service
 from app.services import playground as playground_service
 from app.services import runs
 from app.services.context import Context
-from app.services.data_preview import preview, roles_for
+from app.services.data_preview import label_names, preview, roles_for
 from app.services.wizard import WizardChoices, build_spec, task_for
 from app.ui import draft as draft_ui
 from app.ui import labels
@@ -77,16 +77,20 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored):
     def check(bundled, custom, trust):
         return model_step.check_model(bundled, custom, trust, models_dir)
 
-    def count(info, shape, peft_type, *values):
+    def count(info, shape, ref, *rest):
+        # The data's classes size a classifier's head, so the count matches the run's (engine's rule).
+        roles, (peft_type, *values) = rest[: data_step.MAX_ROLES], rest[data_step.MAX_ROLES :]
+        classes = label_names(ctx, ref, shape, data_step.mapping_from(roles_for(shape), roles))
         return method_step.count_text(info, peft_type, method_step.values_for(me, peft_type, values),
-                                      task_of(info, shape))
+                                      task_of(info, shape), classes)
 
     estimate_inputs = [ms.state, me.trainable, ms.precision, ms.quantization, ms.batch, ms.seq_len, me.choice, ds.shape]
     estimate_outputs = [ms.estimate, ms.fit]
 
     def estimate_rows(*values):
         return model_step.estimate_rows(*values, embedded=ctx.settings.embedded_broker)
-    count_event = dict(fn=count, inputs=[ms.state, ds.shape, *method_inputs], outputs=[me.trainable, me.count])
+    count_event = dict(fn=count, inputs=[ms.state, ds.shape, ds.ref, *ds.roles, *method_inputs],
+                       outputs=[me.trainable, me.count])
 
     checked = ms.check.click(check, [ms.bundled, ms.custom, ms.trust], [ms.state, ms.info])
     checked.then(**count_event).then(estimate_rows, estimate_inputs, estimate_outputs)
