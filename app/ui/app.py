@@ -271,6 +271,9 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored):
     return open_in_wizard
 
 
+MERGE_PROGRESS = gr.Progress()  # Gradio finds it as a default argument and feeds it the build's stages
+
+
 def _wire_run_view(ctx, demo, tabs, rv, stored) -> None:
     outputs = [rv.header, rv.progress, rv.chart, rv.log, rv.cancel, rv.download, rv.merge, rv.merged, rv.seen]
 
@@ -291,7 +294,8 @@ def _wire_run_view(ctx, demo, tabs, rv, stored) -> None:
     rv.timer.tick(lambda rid, seen: run_view.draw(ctx, rid, seen), [rv.picker, rv.seen], outputs,
                   api_visibility="private", show_progress="hidden", queue=False)
     rv.cancel.click(lambda rid: run_view.cancel(ctx, rid), rv.picker, rv.message)
-    rv.merge.click(lambda rid: run_view.prepare_merged(ctx, rid), rv.picker, [rv.message, rv.merge, rv.merged])
+    rv.merge.click(lambda rid, progress=MERGE_PROGRESS: run_view.prepare_merged(ctx, rid, progress), rv.picker,
+                   [rv.message, rv.merge, rv.merged])
 
 
 def _wire_runs(ctx, demo, tabs, rt, rv, tab_item, stored, open_in_wizard) -> None:
@@ -325,20 +329,22 @@ def _compare(ctx, ids):
 
 
 def _wire_playground(ctx, demo, pt, pg, tab_item) -> None:
-    def choices():
-        return gr.Dropdown(choices=playground_service.finished_runs(ctx))
+    def choices(current):
+        return playground_tab.run_choices(ctx, current)
 
-    pt.refresh.click(choices, None, pt.run)
-    demo.load(choices, None, pt.run, api_visibility="private")
-    tab_item.select(choices, None, pt.run, api_visibility="private")
-    pt.run.change(lambda rid: playground_tab.show_for_run(ctx, rid), pt.run,
-                  [pt.max_new_tokens, pt.temperature, pt.top_p, pt.base, pt.tuned, pt.base_labels, pt.tuned_labels,
-                   pt.generate])
-    pt.generate.click(
-        lambda rid, p, n, temp, top: playground_tab.run_generate(pg, rid, p, n, temp, top),
-        [pt.run, pt.prompt, pt.max_new_tokens, pt.temperature, pt.top_p],
-        [pt.message, pt.base, pt.tuned, pt.base_labels, pt.tuned_labels],
-    )
+    # Refreshed whenever the tab is opened: a run that finished meanwhile is there (and picked).
+    pt.refresh.click(choices, pt.run, pt.run)
+    demo.load(choices, pt.run, pt.run, api_visibility="private")
+    tab_item.select(choices, pt.run, pt.run, api_visibility="private")
+    pt.run.change(lambda rid: playground_tab.show_for_run(ctx, rid), pt.run, pt.show_outputs())
+
+    def respond(rid, prompt, base, tuned, n, temp, top):
+        yield from playground_tab.respond(pg, rid, prompt, base, tuned, n, temp, top)
+
+    inputs = [pt.run, pt.prompt, pt.base, pt.tuned, pt.max_new_tokens, pt.temperature, pt.top_p]
+    for trigger in (pt.generate.click, pt.prompt.submit):
+        trigger(respond, inputs, pt.respond_outputs(), show_progress="minimal")
+    pt.clear.click(playground_tab.clear, None, [pt.base, pt.tuned, pt.status])
 
 
 __all__ = ["build_app", "labels"]

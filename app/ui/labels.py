@@ -192,18 +192,35 @@ LABELS: dict[str, str] = {
     "runs.compare.legend": "run",
     "runs.open": "Open in run view",
     "runs.reuse": "New run from this one",
-    # playground
+    # --- playground, merged-model build and "new run from this one" waits (playground owner) -------
     "play.run": "Finished run",
-    "play.prompt": "Prompt",
+    "play.prompt": "Message",
     "play.prompt.placeholder": "Ask something, or paste a text to classify",
     "play.max_new_tokens": "Max new tokens",
+    "play.max_new_tokens.info": "The longest answer, in tokens; it stops earlier at the model's end of turn.",
     "play.temperature": "Temperature (0 = greedy)",
     "play.top_p": "Top-p",
-    "play.generate": "Generate",
+    "play.settings": "Generation settings",
+    "play.generate": "Send",
     "play.classify": "Classify",
+    "play.clear": "New chat",
     "play.base": "Base model",
     "play.tuned": "Tuned (with adapter)",
     "play.empty": "Finish a run first; then pick it here.",
+    "play.picked": "The newest finished run is picked; choose another to try it.",
+    "play.chat.placeholder": "Both models answer here, turn by turn, each keeping its own conversation.",
+    "play.status.loading": "Loading run #{run} (base model + adapter) — the first question to a run takes longest…",
+    "play.status.base": "Base model answering… {tokens} tokens, {seconds:.1f} s",
+    "play.status.tuned": "Tuned model answering… {tokens} tokens, {seconds:.1f} s",
+    "play.status.done": "Done: base {base} tokens in {base_s:.1f} s · tuned {tuned} tokens in {tuned_s:.1f} s.",
+    "play.status.classifying": "Classifying with the base and the tuned model…",
+    "play.status.classified": "Done: label probabilities of both models.",
+    "merged.status.loading": "Building the merged model: loading the base model and the adapter…",
+    "merged.status.merging": "Building the merged model: folding the adapter into the weights…",
+    "merged.status.writing": "Building the merged model: writing {mb} MB of weights and the tokenizer…",
+    "merged.status.zipping": "Building the merged model: packing {mb} MB into the download…",
+    "runs.reuse.busy": "Opening run #{run}'s choices in the wizard (model check and data preview follow there)…",
+    # --- end of playground block ------------------------------------------------------------------
 }
 
 

@@ -46,7 +46,15 @@ def test_merged_zip_is_the_base_with_the_lora_update_folded_in(ctx, tmp_path):
     tuned.save_pretrained(tmp_path / "adapter")
     run_id = finished_run(ctx, model_dir, tmp_path / "adapter", {"peft_type": "LORA", "r": 4,
                                                                  "target_modules": ["q_proj", "v_proj"]})
-    path = merged.export_merged_zip(ctx, run_id)
+    seen = []
+    path = merged.export_merged_zip(ctx, run_id, lambda stage, mb: seen.append((stage, mb)))
+    # every stage of the wait is reported, in order, with the size of what is written and packed
+    assert [stage for stage, _ in seen] == ["loading", "merging", "writing", "zipping"]
+    weights = (tmp_path / "base" / "model.safetensors").stat().st_size
+    assert all(mb >= round(weights / 1e6) for stage, mb in seen if stage in ("writing", "zipping"))
+    info = zipfile.ZipFile(path).getinfo("model.safetensors")
+    assert info.compress_type == zipfile.ZIP_STORED  # float weights do not deflate: not worth the wait
+    assert zipfile.ZipFile(path).getinfo("config.json").compress_type == zipfile.ZIP_DEFLATED
     names = set(zipfile.ZipFile(path).namelist())
     assert "model.safetensors" in names and "config.json" in names and "tokenizer.json" in names
     zipfile.ZipFile(path).extractall(tmp_path / "merged")
@@ -59,6 +67,9 @@ def test_merged_zip_is_the_base_with_the_lora_update_folded_in(ctx, tmp_path):
     assert torch.allclose(got, expected, atol=1e-4)
     assert not torch.allclose(got, base, atol=1e-3)
     assert not any(".lora_" in k for k in plain.state_dict())
+    seen.clear()
+    assert merged.export_merged_zip(ctx, run_id, lambda stage, mb: seen.append(stage)) == path
+    assert seen == []  # made once, then reused at once
 
 
 def test_a_method_that_cannot_merge_is_refused_by_name(ctx, tmp_path):

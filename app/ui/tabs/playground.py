@@ -1,76 +1,146 @@
-"""Playground: base and tuned outputs side by side for the same prompt; label probabilities for
-classification runs."""
+"""Playground: base and tuned models side by side, a multi-turn chat for generative runs and label
+probabilities for classification runs.
+
+Each column keeps its own conversation (the base model's answers are what the base model said), and
+answers stream in with a status line saying which model is answering and how far it got, so a slow
+CPU answer is never a silent wait.
+"""
 
 from __future__ import annotations
 
 import html
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
 from app.services import playground
 from app.ui.labels import t
 
+REDRAW_SECONDS = 0.4
+
 
 @dataclass
 class PlaygroundTab:
     run: gr.Dropdown
     refresh: gr.Button
+    chats: gr.Row
+    base: gr.Chatbot
+    tuned: gr.Chatbot
     prompt: gr.Textbox
+    generate: gr.Button
+    clear: gr.Button
+    settings: gr.Accordion
     max_new_tokens: gr.Slider
     temperature: gr.Slider
     top_p: gr.Slider
-    generate: gr.Button
-    message: gr.Markdown
-    base: gr.Textbox
-    tuned: gr.Textbox
+    status: gr.Markdown
     base_labels: gr.Label
     tuned_labels: gr.Label
+
+    def respond_outputs(self) -> list:
+        return [self.status, self.base, self.tuned, self.prompt, self.base_labels, self.tuned_labels]
+
+    def show_outputs(self) -> list:
+        return [self.chats, self.settings, self.clear, self.base, self.tuned, self.base_labels, self.tuned_labels,
+                self.generate, self.status]
 
 
 def build() -> PlaygroundTab:
     with gr.Row():
         run = gr.Dropdown([], value=None, label=t("play.run"), info=t("play.empty"), elem_id="play-run", scale=4)
         refresh = gr.Button(t("run.refresh"), scale=0, size="sm", min_width=100)
-    prompt = gr.Textbox(label=t("play.prompt"), placeholder=t("play.prompt.placeholder"), lines=3,
+    with gr.Row(equal_height=True) as chats:
+        # render_markdown off: what a person or a model typed shows as typed, never as markup.
+        chat = dict(height=380, render_markdown=False, sanitize_html=True, buttons=["copy", "copy_all"],
+                    placeholder=t("play.chat.placeholder"))
+        base = gr.Chatbot(label=t("play.base"), elem_id="play-base", **chat)
+        tuned = gr.Chatbot(label=t("play.tuned"), elem_id="play-tuned", **chat)
+    prompt = gr.Textbox(label=t("play.prompt"), placeholder=t("play.prompt.placeholder"), lines=2,
                         elem_id="play-prompt")
     with gr.Row():
-        max_new_tokens = gr.Slider(1, 512, value=32, step=1, label=t("play.max_new_tokens"))
+        generate = gr.Button(t("play.generate"), variant="primary", elem_id="play-generate", scale=3)
+        clear = gr.Button(t("play.clear"), elem_id="play-clear", scale=1)
+    status = gr.Markdown(elem_id="play-status")
+    with gr.Accordion(t("play.settings"), open=False, elem_id="play-settings") as settings, gr.Row():
+        max_new_tokens = gr.Slider(1, playground.MAX_NEW_TOKENS_CAP, value=playground.DEFAULT_MAX_NEW_TOKENS, step=1,
+                                   label=t("play.max_new_tokens"), info=t("play.max_new_tokens.info"),
+                                   elem_id="play-max-new-tokens")
         temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label=t("play.temperature"))
         top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label=t("play.top_p"))
-    generate = gr.Button(t("play.generate"), variant="primary", elem_id="play-generate")
-    message = gr.Markdown(elem_id="play-message")
-    with gr.Row():
-        base = gr.Textbox(label=t("play.base"), lines=6, interactive=False, elem_id="play-base")
-        tuned = gr.Textbox(label=t("play.tuned"), lines=6, interactive=False, elem_id="play-tuned")
     with gr.Row():
         base_labels = gr.Label(label=t("play.base"), visible=False, elem_id="play-base-labels")
         tuned_labels = gr.Label(label=t("play.tuned"), visible=False, elem_id="play-tuned-labels")
-    return PlaygroundTab(run, refresh, prompt, max_new_tokens, temperature, top_p, generate, message, base,
-                         tuned, base_labels, tuned_labels)
+    return PlaygroundTab(run, refresh, chats, base, tuned, prompt, generate, clear, settings, max_new_tokens,
+                         temperature, top_p, status, base_labels, tuned_labels)
 
 
-def run_generate(pg: playground.Playground, run_id, prompt, max_new_tokens, temperature, top_p):
-    """[message, base, tuned, base_labels, tuned_labels]"""
-    hide = gr.update(visible=False)
+def run_choices(ctx, current) -> gr.Dropdown:
+    """The finished runs, with the person's pick kept and the newest one picked otherwise; the hint
+    only while there is nothing to pick."""
+    choices = playground.finished_runs(ctx)
+    return gr.Dropdown(choices=choices, value=playground.default_run(choices, current),
+                       info=t("play.picked") if choices else t("play.empty"))
+
+
+def _error(exc: BaseException | str) -> str:
+    return f"<div class='ts-error'>{html.escape(str(exc))}</div>"
+
+
+def respond(pg: playground.Playground, run_id, prompt, base_history, tuned_history, max_new_tokens, temperature,
+            top_p) -> Iterator[list[Any]]:
+    """Streams [status, base chat, tuned chat, prompt, base labels, tuned labels]: the base model's
+    answer first, then the tuned one's, growing token by token."""
+    skip = gr.skip()
     if not run_id:
-        return [t("play.empty"), "", "", hide, hide]
+        yield [t("play.empty"), skip, skip, skip, skip, skip]
+        return
+    prompt = prompt or ""
     try:
+        if not pg.cached(int(run_id)):
+            yield [t("play.status.loading", run=int(run_id)), skip, skip, skip, skip, skip]
         loaded = pg.get(int(run_id))
         if loaded.task == "SEQ_CLS":
+            yield [t("play.status.classifying"), skip, skip, skip, skip, skip]
             base, tuned = playground.label_probabilities(loaded, prompt)
-            return ["", gr.skip(), gr.skip(), gr.update(value=base, visible=True),
-                    gr.update(value=tuned, visible=True)]
-        out = playground.generate(loaded, prompt, max_new_tokens, temperature, top_p)
+            yield [t("play.status.classified"), skip, skip, skip, gr.update(value=base, visible=True),
+                   gr.update(value=tuned, visible=True)]
+            return
+        playground.check_max_new_tokens(max_new_tokens)
+        options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        history = {"base": list(base_history or []), "tuned": list(tuned_history or [])}
+        shown = {side: [*turns, {"role": "user", "content": prompt}] for side, turns in history.items()}
+        done = {}
+        for side, adapter in (("base", False), ("tuned", True)):
+            shown[side].append({"role": "assistant", "content": ""})
+            shown_at = -1.0
+            for part in playground.stream_reply(loaded, history[side], prompt, adapter=adapter, **options):
+                shown[side][-1] = {"role": "assistant", "content": part.text}
+                done[side] = part
+                # A few redraws a second: one per token floods a slow browser with whole chats.
+                if part.done or part.seconds - shown_at >= REDRAW_SECONDS:
+                    shown_at = part.seconds
+                    status = t(f"play.status.{side}", tokens=part.tokens, seconds=part.seconds)
+                    yield [status, shown["base"], shown["tuned"], "", skip, skip]
+        yield [t("play.status.done", base=done["base"].tokens, base_s=done["base"].seconds,
+                 tuned=done["tuned"].tokens, tuned_s=done["tuned"].seconds), shown["base"], shown["tuned"], "",
+               skip, skip]
     except Exception as exc:
-        return [f"<div class='ts-error'>{html.escape(str(exc))}</div>", gr.skip(), gr.skip(), gr.skip(), gr.skip()]
-    return ["", out.base, out.tuned, hide, hide]
+        # The question goes back in the box, and the chats as they were before it.
+        yield [_error(exc), base_history or [], tuned_history or [], prompt, skip, skip]
 
 
 def show_for_run(ctx, run_id) -> list:
-    """[max_new_tokens, temperature, top_p, base, tuned, base_labels, tuned_labels, generate button]."""
+    """[chats, settings, clear, base chat, tuned chat, base labels, tuned labels, button, status]: a
+    new run starts a new conversation."""
     classifier = bool(run_id) and playground.task_of(ctx, int(run_id)) == "SEQ_CLS"
     text = gr.update(visible=not classifier)
     labels = gr.update(visible=classifier, value=None)
     button = gr.update(value=t("play.classify") if classifier else t("play.generate"))
-    return [text, text, text, text, text, labels, labels, button]
+    return [text, text, text, [], [], labels, labels, button, ""]
+
+
+def clear() -> list:
+    """[base chat, tuned chat, status]"""
+    return [[], [], ""]

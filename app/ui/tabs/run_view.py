@@ -126,10 +126,14 @@ def draw(ctx, run_id, seen):
             gr.update(visible=done and not merged_path.is_file()), merged_button, key]
 
 
-def prepare_merged(ctx, run_id):
-    """[message, merge button, merged download]"""
+def prepare_merged(ctx, run_id, progress=None):
+    """[message, merge button, merged download]; ``progress`` (Gradio's) shows each build stage."""
+    def report(stage: str, mb: int) -> None:
+        if progress is not None:
+            progress(merged.STAGES[stage], desc=t(f"merged.status.{stage}", mb=mb))
+
     try:
-        path = merged.export_merged_zip(ctx, int(run_id))
+        path = merged.export_merged_zip(ctx, int(run_id), report)
     except Exception as exc:
         return f"<div class='ts-error'>{html.escape(str(exc))}</div>", gr.skip(), gr.skip()
     return "", gr.update(visible=False), gr.update(value=str(path), visible=True)
