@@ -165,8 +165,10 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored):
     # train step
     ts.preset.input(train_step.apply_preset, [ts.preset, me.choice], ts.preset_outputs())
     # The learning rate follows the method (unless typed over); its note/warning follows both.
-    me.choice.change(train_step.follow_method, [me.choice, ts.lr, ts.rate_method], [ts.lr, ts.rate_method])
-    gr.on([me.choice.change, ts.lr.change], train_step.learning_rate_note, [me.choice, ts.lr], ts.lr_note)
+    me.choice.change(train_step.follow_method, [me.choice, ts.lr, ts.rate_method], [ts.lr, ts.rate_method],
+                     show_progress="hidden")
+    gr.on([me.choice.change, ts.lr.change], train_step.learning_rate_note, [me.choice, ts.lr], ts.lr_note,
+          show_progress="hidden")
     ts.back.click(_go(2), None, nav)
 
     submit_inputs = [ms.state, ms.bundled, ms.custom, ms.trust, ms.precision, ms.quantization, ds.ref, ds.shape,
