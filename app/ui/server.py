@@ -12,7 +12,9 @@ from app.settings import Settings
 def launch_kwargs(settings: Settings) -> dict:
     """Everything ``Blocks.launch`` gets: local only, no share link, no SSR, no outside requests."""
     import gradio as gr
+    from starlette.middleware import Middleware
 
+    from app.ui.login_throttle import LoginThrottle, LoginThrottleMiddleware
     from app.ui.theme import CSS, theme
 
     kwargs = dict(
@@ -31,6 +33,7 @@ def launch_kwargs(settings: Settings) -> dict:
         mcp_server=False,
         show_error=True,
         quiet=True,
+        app_kwargs={"middleware": [Middleware(LoginThrottleMiddleware, throttle=LoginThrottle())]},
     )
     # Gradio's only use of this private flag is a 3-second HEAD probe of its own URL whose failure (a
     # busy machine) it answers by suggesting a public share link: we never share, so the probe only
