@@ -84,6 +84,15 @@ BAD_CASES = [
     ("zip-that-is-not-a-zip", "fake.zip", b"PK\x03\x04 not really", {}, None, "bad_zip", {}),
     ("parquet-that-is-not-parquet", "fake.parquet", b"PAR1 garbage garbage", {}, None, "bad_parquet", {}),
     ("spreadsheet", "sheet.xlsx", b"PK\x03\x04", {}, None, "unsupported_format", {}),
+    ("too-many-columns-csv", "wide.csv", b"\n" + b",".join([b"c"] * 11) + b"\n" + b",".join([b"1"] * 11) + b"\n",
+     {"limits": Limits(max_columns=10)}, None, "too_many_columns", {"line": 2}),
+    ("too-many-columns-jsonl", "wide.jsonl",
+     b'{"a": 1}\n' + json.dumps({f"k{i}": i for i in range(11)}).encode() + b"\n",
+     {"limits": Limits(max_columns=10)}, None, "too_many_columns", {"line": 2}),
+    ("too-many-columns-json-object", "wide.json", json.dumps({f"k{i}": [i] for i in range(11)}).encode(),
+     {"limits": Limits(max_columns=10)}, None, "too_many_columns", {}),
+    ("too-many-columns-parquet", "wide.parquet", parquet_bytes(pa.table({f"k{i}": [i] for i in range(11)})),
+     {"limits": Limits(max_columns=10)}, None, "too_many_columns", {}),
 ]
 
 
@@ -130,3 +139,25 @@ def test_missing_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError) as caught:
         read_table(tmp_path / "nope.csv")
     assert caught.value.code == "file_not_found"
+
+
+def test_repeated_header_names_get_numbered_in_one_pass(tmp_path):
+    """20,000 identical header cells once took 52 s (each name re-tried every earlier suffix)."""
+    path = tmp_path / "same.csv"
+    n = 20_000
+    path.write_text(",".join(["x"] * n) + "\n" + ",".join(["1"] * n) + "\n")
+    table = read_table(path, limits=Limits(max_columns=n))
+    assert table.columns == ["x"] + [f"x_{k}" for k in range(2, n + 1)]
+
+
+def test_numbered_names_never_collide_with_given_ones(tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_text("a,a_2,a,,a,column_4\n1,2,3,4,5,6\n")
+    assert read_table(path).columns == ["a", "a_2", "a_3", "column_4", "a_4", "column_4_2"]
+
+
+def test_the_default_column_limit_is_a_thousand(tmp_path):
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join(f"c{i}" for i in range(1001)) + "\n" + ",".join(["1"] * 1001) + "\n")
+    with pytest.raises(DataError, match="1,001 columns, more than the 1,000 allowed"):
+        read_table(path)

@@ -18,6 +18,7 @@ CODES = {
     "bad_parquet": "the Parquet file cannot be read",
     "too_large": "the file is over the size limit",
     "too_many_rows": "the file has more rows than allowed",
+    "too_many_columns": "the file has more columns than allowed",
     "line_too_long": "a line is longer than allowed",
     "zip_no_data": "the zip holds no data file",
     "zip_multiple": "the zip holds several data files",

@@ -333,13 +333,26 @@ def _delimiter(sample: str, fmt: str) -> tuple[str, str]:
     return (best if counts[best] else ("\t" if fmt == "tsv" else ",")), '"'
 
 
-def _header_names(raw: list[str]) -> list[str]:
-    names, seen = [], set()
+def _too_many_columns(display: str, limits: Limits, count: int, line: int | None = None) -> DataError:
+    return DataError(
+        "too_many_columns", f"the file has {count:,} columns, more than the {limits.max_columns:,} allowed",
+        file=display, line=line, hint="Keep only the columns the training needs (text, label, prompt, response …)",
+    )
+
+
+def _header_names(raw: list[str], display: str, limits: Limits, line: int | None) -> list[str]:
+    """Blank cells get ``column_<i>``, repeats ``<name>_2``, ``<name>_3`` … in one pass (linear in cells)."""
+    if len(raw) > limits.max_columns:
+        raise _too_many_columns(display, limits, len(raw), line)
+    names: list[str] = []
+    seen: set[str] = set()
+    next_suffix: dict[str, int] = {}
     for i, cell in enumerate(raw, 1):
-        name = cell.strip() or f"column_{i}"
-        base, k = name, 2
+        base = cell.strip() or f"column_{i}"
+        name, k = base, next_suffix.get(base, 2)
         while name in seen:
             name, k = f"{base}_{k}", k + 1
+        next_suffix[base] = k
         seen.add(name)
         names.append(name)
     return names
@@ -379,7 +392,7 @@ def _read_csv(text: io.TextIOBase, display: str, limits: Limits, fmt: str) -> Ta
         if not record or (len(record) == 1 and not record[0].strip()):
             continue
         if columns is None:
-            columns = _header_names(record)
+            columns = _header_names(record, display, limits, start)
             continue
         if len(record) != len(columns):
             raise DataError(
@@ -412,11 +425,14 @@ def _record_or_fail(value, display: str, line: int | None, code: str = "not_reco
     return value
 
 
-def _table_from_records(records: list[dict], lines: list[int | None], display: str, fmt: str) -> Table:
+def _table_from_records(records: list[dict], lines: list[int | None], display: str, fmt: str,
+                        limits: Limits) -> Table:
     columns: dict[str, None] = {}
-    for record in records:
+    for record, line in zip(records, lines):
         for key in record:
             columns.setdefault(str(key), None)
+        if len(columns) > limits.max_columns:
+            raise _too_many_columns(display, limits, len(columns), line)
     names = list(columns)
     for record in records:
         if len(record) != len(names):
@@ -443,7 +459,7 @@ def _read_jsonl(text: io.TextIOBase, display: str, limits: Limits, fmt: str) -> 
         lines.append(number)
     if not records:
         raise DataError("empty_file", "the file holds no JSON records", file=display)
-    return _table_from_records(records, lines, display, fmt)
+    return _table_from_records(records, lines, display, fmt, limits)
 
 
 def _position(consumed_lines: int, buf: str, pos: int) -> tuple[int, int]:
@@ -533,7 +549,7 @@ def _read_json(text: io.TextIOBase, display: str, limits: Limits, fmt: str) -> T
             raise fail(f"expected ',' or ']' after a record, found '{cur.buf[cur.pos]}'")
         cur.pos += 1
         cur.skip_space()
-    return _table_from_records(records, lines, display, fmt)
+    return _table_from_records(records, lines, display, fmt, limits)
 
 
 def _read_json_object(whole: str, display: str, limits: Limits, fmt: str) -> Table:
@@ -551,13 +567,15 @@ def _read_json_object(whole: str, display: str, limits: Limits, fmt: str) -> Tab
         records = next(iter(lists.values()))
         if len(records) > limits.max_rows:
             raise _too_many(display, limits)
-        return _table_from_records(records, [None] * len(records), display, fmt)
+        return _table_from_records(records, [None] * len(records), display, fmt, limits)
     if len(lists) != len(value):
         scalar = next(k for k in value if k not in lists)
         raise DataError(
             "not_records", "a JSON object must map each column name to a list of values",
             file=display, field=scalar, hint="Write an array of records, or one list per column",
         )
+    if len(lists) > limits.max_columns:
+        raise _too_many_columns(display, limits, len(lists))
     lengths = {k: len(v) for k, v in lists.items()}
     first = next(iter(lengths))
     for key, n in lengths.items():
@@ -639,6 +657,8 @@ def _read_parquet(opener: Opener, display: str, limits: Limits, fmt: str) -> Tab
             if pf.metadata.num_rows > limits.max_rows:
                 raise _too_many(display, limits)
             columns = [str(n) for n in pf.schema_arrow.names]
+            if len(columns) > limits.max_columns:
+                raise _too_many_columns(display, limits, len(columns))
             rows: list[dict] = []
             for batch in pf.iter_batches(batch_size=4096):
                 for record in batch.to_pylist():
