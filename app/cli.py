@@ -231,6 +231,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     for key, value in settings.env().items():
         os.environ.setdefault(key, value)
+    os.environ["TUNESTUDIO_WORKER_NAME"] = args.name  # the registry names the worker as it was started
     settings.ensure_dirs()
     if os.environ.get("TUNESTUDIO_PARENT_PID", "").isdigit():
         from worker.embedded import exit_with_parent

@@ -7,6 +7,7 @@ point a whole stack at a temporary home by passing ``env=``.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ class Settings:
     auth_password: str | None = field(default=None, repr=False)
     heartbeat_seconds: float = 5.0
     worker_lost_seconds: float = 60.0
+    worker_name: str = field(default_factory=socket.gethostname)
 
     @property
     def uploads_dir(self) -> Path:
@@ -94,6 +96,7 @@ class Settings:
             auth_password=env.get("TUNESTUDIO_AUTH_PASSWORD") or None,
             heartbeat_seconds=_float(env, "TUNESTUDIO_HEARTBEAT_SECONDS", 5.0),
             worker_lost_seconds=_float(env, "TUNESTUDIO_WORKER_LOST_SECONDS", 60.0),
+            worker_name=env.get("TUNESTUDIO_WORKER_NAME") or socket.gethostname(),
         )
 
 

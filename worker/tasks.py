@@ -4,7 +4,6 @@ goes back to it; a redelivered message for a run that is no longer ``queued`` do
 from __future__ import annotations
 
 import logging
-import socket
 import traceback
 from pathlib import Path
 
@@ -65,7 +64,7 @@ def execute_run(run_id: int, settings: Settings, registry: Registry) -> str:
     from worker.engine import Cancelled, train
 
     with registry.session() as s:
-        if not claim_run(s, run_id, socket.gethostname()):
+        if not claim_run(s, run_id, settings.worker_name):
             status = s.get(Run, run_id).status if s.get(Run, run_id) else "missing"
             logger.info("run %s is %s, not queued; nothing to do", run_id, status)
             return status

@@ -36,7 +36,7 @@ def _trained_behaviour(model_dir, zip_path, tmp_path) -> float:
     return float(after - before)
 
 
-def _succeeds_and_exports(ctx, inputs, tmp_path):
+def _succeeds_and_exports(ctx, inputs, tmp_path, worker_name: str):
     model_dir, data = inputs
     run_id = create_run(ctx, mapping_spec(model_dir, data, max_steps=12, eval_every=6))
     seen = {wait_for(ctx, run_id, lambda r: r.status != "queued").status}
@@ -49,7 +49,8 @@ def _succeeds_and_exports(ctx, inputs, tmp_path):
     evals = [p for p in points if p.split == "eval"]
     assert [p.step for p in train] == list(range(1, 13))
     assert [p.step for p in evals] == [0, 6, 12] and evals[-1].loss < 0.6 * evals[0].loss
-    assert run.worker_host and run.started_at and run.finished_at
+    assert run.worker_host == worker_name, "the registry names the worker by its --name"
+    assert run.started_at and run.finished_at
     zip_path = export_adapter_zip(ctx, run_id, tmp_path / "adapter.zip")
     names = set(zipfile.ZipFile(zip_path).namelist())
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "training_config.yaml"} <= names
@@ -58,7 +59,7 @@ def _succeeds_and_exports(ctx, inputs, tmp_path):
 
 def test_embedded_run_goes_queued_running_succeeded_and_exports_a_working_adapter(embedded, inputs, tmp_path):
     ctx, _ = embedded
-    _succeeds_and_exports(ctx, inputs, tmp_path)
+    _succeeds_and_exports(ctx, inputs, tmp_path, "embedded")
 
 
 def test_embedded_cancel_mid_run_ends_cancelled_with_metric_history_kept(embedded, inputs):
@@ -93,7 +94,7 @@ def test_embedded_bad_spec_fails_before_training_with_a_clear_message(embedded, 
 
 def test_scaled_out_run_on_redis_and_postgresql_succeeds(scaled_out, inputs, tmp_path):
     with EmbeddedWorker(scaled_out.settings, name="pg-a"):
-        _succeeds_and_exports(scaled_out, inputs, tmp_path)
+        _succeeds_and_exports(scaled_out, inputs, tmp_path, "pg-a")
 
 
 def test_a_sigkilled_worker_leaves_its_run_failed_with_a_reason(scaled_out, inputs):
@@ -107,6 +108,6 @@ def test_a_sigkilled_worker_leaves_its_run_failed_with_a_reason(scaled_out, inpu
         run = wait_for(scaled_out, run_id, lambda r: r.is_final, timeout=30)
     finally:
         worker.stop()
-    assert run.status == "failed"
+    assert run.status == "failed" and run.worker_host == "pg-doomed"
     assert "worker lost" in run.error
     assert [r.id for r in list_runs(scaled_out, status="running")] == []
