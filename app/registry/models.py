@@ -125,3 +125,12 @@ class Artifact(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     run: Mapped[Run] = relationship(back_populates="artifacts")
+
+
+class IdCounter(Base):
+    """The highest id ever issued per table (see ``app.registry.ids``)."""
+
+    __tablename__ = "id_counters"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    last_id: Mapped[int] = mapped_column(Integer)

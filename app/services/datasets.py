@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from app.registry.ids import issue_id
 from app.registry.models import Dataset
 from app.services.context import Context
 
@@ -72,7 +73,7 @@ def add_dataset(ctx: Context, path: str | Path, name: str | None = None) -> Data
     stored = _store(ctx, source, digest)
     with ctx.session() as s:
         row = Dataset(
-            name=name or source.name, path=str(stored), sha256=digest, format=str(table.fmt),
+            id=issue_id(s, Dataset), name=name or source.name, path=str(stored), sha256=digest, format=str(table.fmt),
             rows=len(table.rows), columns=list(table.columns), bytes=size,
             shape=str(shape) if shape is not None else None,
         )

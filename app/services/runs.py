@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select
 
+from app.registry.ids import issue_id
 from app.registry.lifecycle import finish_run, reap_lost_runs, request_cancel
 from app.registry.models import ACTIVE_STATUSES, Artifact, Dataset, LogLine, MetricPoint, Run
 from app.registry.spec import RunSpec, SpecError
@@ -76,7 +77,7 @@ def create_run(ctx: Context, spec: RunSpec | dict[str, Any] | str) -> int:
         if spec.data.validation is not None:
             _check_dataset_reference(s, spec.data.validation, "data.validation")
         run = Run(
-            name=spec.name, status="queued", spec=spec.to_dict(), model=spec.model.name,
+            id=issue_id(s, Run), name=spec.name, status="queued", spec=spec.to_dict(), model=spec.model.name,
             method=str(spec.method["peft_type"]), step=0,
         )
         s.add(run)

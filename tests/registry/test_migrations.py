@@ -5,7 +5,7 @@ import sqlalchemy as sa
 
 from app.registry import Base, downgrade, make_engine, upgrade
 
-TABLES = {"runs", "metric_points", "log_lines", "datasets", "artifacts"}
+TABLES = {"runs", "metric_points", "log_lines", "datasets", "artifacts", "id_counters"}
 
 
 def _roundtrip(url: str) -> None:
@@ -18,7 +18,7 @@ def _roundtrip(url: str) -> None:
             db_columns = {c["name"] for c in inspector.get_columns(table.name)}
             assert db_columns == {c.name for c in table.columns}, table.name
         with engine.begin() as conn:
-            assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0001"
+            assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0002"
         downgrade(engine, "base")
         assert not TABLES & set(sa.inspect(engine).get_table_names())
         upgrade(engine)
@@ -59,3 +59,23 @@ def test_migrations_run_from_the_alembic_ini_shipped_in_the_package(tmp_path):
     engine = make_engine(url)
     assert "runs" in sa.inspect(engine).get_table_names()
     engine.dispose()
+
+
+def test_id_counters_start_above_the_rows_a_registry_already_has(tmp_path):
+    from app.registry.db import session_factory
+    from app.registry.ids import issue_id
+    from app.registry.models import Run
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.sqlite'}")
+    try:
+        upgrade(engine, "0001")
+        with engine.begin() as conn:
+            for run_id in (1, 2, 5):
+                conn.execute(sa.text(
+                    "INSERT INTO runs (id, name, status, spec, model, method, created_at, step) "
+                    "VALUES (:id, 'old', 'succeeded', '{}', 'm', 'LORA', '2026-01-01', 0)"), {"id": run_id})
+        upgrade(engine)
+        with session_factory(engine)() as s:
+            assert issue_id(s, Run) == 6
+    finally:
+        engine.dispose()

@@ -88,3 +88,44 @@ def test_delete_refuses_active_runs_and_removes_metrics_and_files(ctx):
     assert metrics(ctx, run_id) == [] and not folder.exists()
     with pytest.raises(RunNotFound):
         get_run(ctx, run_id)
+
+
+def _create_and_delete_newest(ctx) -> list[int]:
+    ids = [create_run(ctx, SPEC) for _ in range(3)]
+    cancel_run(ctx, ids[-1])
+    delete_run(ctx, ids[-1])
+    ids.append(create_run(ctx, SPEC))
+    for run_id in ids[:2] + ids[3:]:
+        cancel_run(ctx, run_id)
+        delete_run(ctx, run_id)
+    ids.append(create_run(ctx, SPEC))
+    return ids
+
+
+def test_a_deleted_runs_id_is_never_issued_again(ctx):
+    assert _create_and_delete_newest(ctx) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.integration
+def test_a_deleted_runs_id_is_never_issued_again_on_postgresql(tmp_path, pg_url):
+    from app.services import Context
+    from app.settings import Settings
+
+    ctx = Context.open(Settings.from_env({"TUNESTUDIO_HOME": str(tmp_path / "home"),
+                                          "TUNESTUDIO_DATABASE_URL": pg_url}))
+    try:
+        assert _create_and_delete_newest(ctx) == [1, 2, 3, 4, 5]
+    finally:
+        ctx.close()
+
+
+def test_a_deleted_datasets_id_is_never_issued_again(ctx, tmp_path):
+    from app.services.datasets import add_dataset, delete_dataset
+
+    first = tmp_path / "a.csv"
+    first.write_text("text,label\nhello,1\nbye,0\n")
+    second = tmp_path / "b.csv"
+    second.write_text("text,label\ngood,1\nbad,0\n")
+    gone = add_dataset(ctx, first).id
+    delete_dataset(ctx, gone)
+    assert add_dataset(ctx, second).id == gone + 1
