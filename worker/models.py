@@ -135,6 +135,29 @@ def position_limit(ref: str, trust_remote_code: bool = False) -> int | None:
     return None
 
 
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def pickled_weights_only(folder: Path) -> str | None:
+    """Why a model folder cannot be loaded, when its weights exist only as pickles; else None.
+
+    Unpickling a file can run any code in it, so weights are read from safetensors only; a folder
+    with only ``pytorch_model.bin`` is refused with the way out, never with torch's hint to turn
+    ``weights_only`` off.
+    """
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return None
+    pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern))
+    if not pickles:
+        return None
+    return (
+        f"model.name: {folder} holds only pickled PyTorch weights ({', '.join(pickles[:3])}); TuneStudio reads "
+        "safetensors only, because unpickling a file can run code. Convert it once, in an environment you "
+        f"trust: python -c \"from transformers import AutoModel; AutoModel.from_pretrained('{folder}')"
+        f".save_pretrained('{folder}-safetensors')\" and choose the new folder"
+    )
+
+
 def load_model(
     ref: str, task: str, tokenizer: Any, trust_remote_code: bool = False, label_names: list[str] | None = None
 ) -> Any:
@@ -143,7 +166,11 @@ def load_model(
     import transformers
 
     cls = getattr(transformers, _TASK_CLASSES[task])
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": torch.float32}
+    problem = pickled_weights_only(Path(ref).expanduser())
+    if problem:
+        raise ModelError(problem)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": torch.float32,
+                              "use_safetensors": True}
     if task == "SEQ_CLS":
         labels = list(label_names or [])
         if len(labels) < 2:

@@ -16,6 +16,7 @@ from typing import Any
 from app.registry.catalog import BUNDLED_MODELS, bundled_model
 from app.registry.spec import looks_like_path
 from app.services.estimate import MemoryEstimate, ModelShape, estimate_training_memory, human_count
+from worker.models import pickled_weights_only
 
 SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -98,6 +99,9 @@ def load_config(ref: str, models_dir: Path | None = None, trust_remote_code: boo
             raise ModelNotFound(f"{ref}: is a file, not a folder (give the folder that holds config.json)")
         if not (folder / "config.json").is_file():
             raise ModelNotFound(f"{ref}: no config.json in that folder (is it a transformers model folder?)")
+        problem = pickled_weights_only(folder)
+        if problem:
+            raise ModelNotFound(problem)
         return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     try:
         return AutoConfig.from_pretrained(ref, local_files_only=True, trust_remote_code=trust_remote_code)
