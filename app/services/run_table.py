@@ -1,14 +1,14 @@
-"""The Runs tab's table: every run with status, model, method, dataset, best eval loss and duration,
-filtered by status and a search text."""
+"""The Runs tab's table: every run with status, model, recipe, dataset, best eval loss and duration,
+filtered by status and a search text (which also finds a recipe's words: "dora", "nf4")."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.services import datasets, monitor, runs
+from app.services import datasets, monitor, recipe, runs
 from app.services.context import Context
 
-COLUMNS = ["id", "name", "status", "model", "method", "dataset", "best eval loss", "duration"]
+COLUMNS = ["id", "name", "status", "model", "recipe", "dataset", "best eval loss", "duration"]
 
 
 @dataclass(frozen=True)
@@ -17,14 +17,14 @@ class RunRow:
     name: str
     status: str
     model: str
-    method: str
+    recipe: str
     dataset: str
     best_eval_loss: float | None
     duration: str
 
     def cells(self) -> list:
         best = f"{self.best_eval_loss:.4f}" if self.best_eval_loss is not None else "–"
-        return [self.id, self.name, self.status, self.model, self.method, self.dataset, best, self.duration]
+        return [self.id, self.name, self.status, self.model, self.recipe, self.dataset, best, self.duration]
 
 
 def run_rows(ctx: Context, status: str | None = None, text: str | None = None) -> list[RunRow]:
@@ -34,13 +34,19 @@ def run_rows(ctx: Context, status: str | None = None, text: str | None = None) -
     out = []
     for r in views:
         dataset = dataset_name(ctx, r.spec.get("data", {}).get("dataset", ""), names)
-        if needle and needle not in f"{r.name} {r.model} {r.method} {dataset}".lower():
+        text_of_recipe = run_recipe(r)
+        if needle and needle not in f"{r.name} {r.model} {r.method} {text_of_recipe} {dataset}".lower():
             continue
         started, finished = r.started_at, r.finished_at
         duration = monitor.duration((finished - started).total_seconds()) if started and finished else "–"
-        out.append(RunRow(r.id, r.name, r.status, r.model.rstrip("/").rsplit("/", 1)[-1], r.method, dataset,
+        out.append(RunRow(r.id, r.name, r.status, r.model.rstrip("/").rsplit("/", 1)[-1], text_of_recipe, dataset,
                           monitor.best_eval_loss(runs.metrics(ctx, r.id)), duration))
     return out
+
+
+def run_recipe(run: runs.RunView) -> str:
+    """The run's recipe (app.services.recipe); the bare method name for a spec without a method section."""
+    return recipe.recipe(run.spec) if run.spec.get("method") else run.method
 
 
 def dataset_name(ctx: Context, ref, cache: dict[str, str]) -> str:

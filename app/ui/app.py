@@ -32,6 +32,7 @@ def build_app(ctx: Context) -> gr.Blocks:
     with gr.Blocks(title=t("title"), analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         with gr.Column(elem_classes="ts-header"):
             gr.Markdown(f"# {t('title')}\n{t('tagline')}")
+            gr.HTML(run_view.CHART_MARKERS, elem_id="ts-chart-markers")  # point markers for both loss charts
         with gr.Tabs(selected="new") as tabs:
             with gr.Tab(t("tab.new"), id="new") as new_tab_item, gr.Walkthrough(selected=0) as wizard:
                 with gr.Step(t("step.model"), id=0):
@@ -45,7 +46,7 @@ def build_app(ctx: Context) -> gr.Blocks:
             with gr.Tab(t("tab.run"), id="run") as run_tab_item:
                 rv = run_view.build(ctx)
             with gr.Tab(t("tab.runs"), id="runs") as runs_tab_item:
-                rt = runs_tab.build()
+                rt = runs_tab.build(ctx)
             with gr.Tab(t("tab.playground"), id="playground") as play_tab_item:
                 pt = playground_tab.build()
 
@@ -289,12 +290,18 @@ def _wire_run_view(ctx, demo, tabs, rv, stored) -> None:
         front = raw.isdigit() or (active is not None and not draft_service.has_values(draft))
         return gr.Dropdown(choices=choices, value=run_id), gr.Tabs(selected="run") if front else gr.skip()
 
-    demo.load(on_load, stored, [rv.picker, tabs], api_visibility="private")
-    rv.picker.change(lambda rid: run_view.draw(ctx, rid, None), rv.picker, outputs)
+    # A link (?run=N) wins over a waiting draft; only after this has placed the page may a tab change
+    # rewrite the address (run_view.CLEAR_URL_JS).
+    demo.load(on_load, stored, [rv.picker, tabs], api_visibility="private").then(
+        None, None, None, js=run_view.URL_READY_JS)
+    # Switching runs clears the last run's message ("Run #3: cancelling.", a merge error).
+    rv.picker.change(lambda rid: [*run_view.draw(ctx, rid, None), ""], rv.picker, [*outputs, rv.message]).then(
+        None, None, None, js=run_view.FOLLOW_LOG_AGAIN_JS)
     rv.picker.input(None, rv.picker, None, js=run_view.SET_URL_JS)
     rv.refresh.click(lambda: gr.Dropdown(choices=run_view.run_choices(ctx)), None, rv.picker)
     rv.timer.tick(lambda rid, seen: run_view.draw(ctx, rid, seen), [rv.picker, rv.seen], outputs,
-                  api_visibility="private", show_progress="hidden", queue=False)
+                  api_visibility="private", show_progress="hidden", queue=False).then(
+        None, None, None, js=run_view.FOLLOW_LOG_JS)
     rv.cancel.click(lambda rid: run_view.cancel(ctx, rid), rv.picker, rv.message)
     rv.merge.click(lambda rid, progress=MERGE_PROGRESS: run_view.prepare_merged(ctx, rid, progress), rv.picker,
                    [rv.message, rv.merge, rv.merged])
@@ -311,23 +318,12 @@ def _wire_runs(ctx, demo, tabs, rt, rv, tab_item, stored, open_in_wizard) -> Non
     demo.load(refresh, [rt.status, rt.text], refresh_outputs, api_visibility="private")
     tab_item.select(refresh, [rt.status, rt.text], refresh_outputs, api_visibility="private")
     rt.selected.change(lambda rid: runs_tab.detail(ctx, rid), rt.selected, [rt.config, rt.download_yaml])
-    rt.compare.change(lambda ids: _compare(ctx, ids), rt.compare, rt.chart)
     rt.delete.click(lambda rid, ok: runs_tab.delete(ctx, rid, ok), [rt.selected, rt.confirm], rt.message).then(
         refresh, [rt.status, rt.text], refresh_outputs)
     open_in_wizard(rt.reuse.click(lambda rid: runs_tab.draft_from_run(ctx, rid), rt.selected, [stored, rt.message]))
     rt.open_run.click(lambda rid: (gr.Tabs(selected="run"), gr.Dropdown(choices=run_view.run_choices(ctx),
                                                                          value=rid)),
                       rt.selected, [tabs, rv.picker]).then(None, rv.picker, None, js=run_view.SET_URL_JS)
-
-
-def _compare(ctx, ids):
-    from app.services import monitor
-
-    frame = monitor.compare_frame(ctx, [int(i) for i in ids or []])
-    if not len(frame):
-        return None
-    # A fresh component per selection: the chart's colour domain must follow the chosen runs.
-    return gr.LinePlot(value=frame, color_map=monitor.series_colours(sorted(set(frame["series"]))))
 
 
 def _wire_playground(ctx, demo, pt, pg, tab_item) -> None:

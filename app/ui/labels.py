@@ -180,7 +180,7 @@ LABELS: dict[str, str] = {
     "run.prepare_merged": "Build merged model (adapter folded into the weights)",
     # runs tab
     "runs.filter.status": "Status",
-    "runs.filter.text": "Search (name, model, method)",
+    "runs.filter.text": "Search (name, model, recipe, dataset)",
     "runs.table": "All runs",
     "runs.select": "Run for details",
     "runs.config": "Full config (the YAML `tunestudio train` accepts)",

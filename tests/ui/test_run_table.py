@@ -50,3 +50,55 @@ def test_filters_by_status_and_text(ctx):
     assert [r.name for r in run_table.run_rows(ctx, status="failed")] == ["beta"]
     assert [r.name for r in run_table.run_rows(ctx, text="ia3")] == ["beta"]
     assert [r.name for r in run_table.run_rows(ctx, status="all", text="")] == ["beta", "alpha"]
+
+
+def test_recipe_names_variant_quantization_and_key_numbers():
+    from app.registry.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
+    from app.services.recipe import method_label, recipe
+
+    spec = RunSpec(name="x", model=ModelSpec(name="org/m", precision="nf4"), data=DataSpec(dataset="a.csv"),
+                   method={"peft_type": "LORA", "r": 16, "lora_alpha": 32, "use_dora": True, "use_rslora": True,
+                           "target_modules": "attention"},
+                   training=TrainingSpec(learning_rate=1.5e-4, max_steps=30, batch_size=4, grad_accum=2, bf16=False))
+    assert recipe(spec) == ("LoRA (DoRA + rsLoRA) · r 16, alpha 32 · NF4 + double quant, fp32 · "
+                            "lr 1.5e-4, 30 steps, batch 4×2")
+    assert recipe(spec.to_dict()) == recipe(spec)  # the registry stores the dict
+    assert method_label(spec) == "LoRA (DoRA + rsLoRA), NF4 + double quant"
+    plain = {"model": {"precision": "full"}, "method": {"peft_type": "LORA", "r": 8, "lora_alpha": 16},
+             "training": {"learning_rate": 2e-4, "epochs": 2.0, "batch_size": 8, "bf16": "auto"}}
+    assert recipe(plain) == "LoRA · r 8, alpha 16 · full-precision base, bf16 where supported · lr 2e-4, 2 epochs, batch 8"
+    assert method_label(plain) == "LoRA"
+    int8 = {"model": {"precision": "int8"}, "method": {"peft_type": "BOTTLENECK", "variant": "pfeiffer",
+                                                        "reduction_factor": 16}, "training": {"learning_rate": 1e-3}}
+    assert recipe(int8).startswith("Bottleneck adapter (pfeiffer) · reduction 16 · int8, ")
+    assert recipe({"model": {"precision": "nf4", "double_quant": False}, "method": {"peft_type": "ADALORA", "init_r": 12,
+                   "target_r": 8, "lora_alpha": 8}}).startswith("AdaLoRA · r 12→8, alpha 8 · NF4, ")
+
+
+def test_every_method_has_a_recipe_from_its_defaults():
+    import dataclasses
+
+    import tuners
+    from app.services.recipe import recipe
+
+    for peft_type, method in tuners.METHODS.items():
+        defaults = {f.name: f.default for f in dataclasses.fields(method.config_cls)
+                    if f.default is not dataclasses.MISSING}
+        text = recipe({"method": {**defaults, "peft_type": peft_type}, "model": {}, "training": {}})
+        assert text.startswith(method.name), (peft_type, text)
+
+
+def test_table_shows_the_recipe_and_finds_runs_by_it(ctx):
+    with ctx.session() as s:
+        s.add(Run(name="qdora", status="succeeded", model="/models/tiny-llama", method="LORA", step=0,
+                  spec={"data": {"dataset": "x.csv"}, "model": {"precision": "nf4", "double_quant": True},
+                        "method": {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_dora": True},
+                        "training": {"learning_rate": 2e-4, "max_steps": 10, "batch_size": 2}}))
+        s.commit()
+    add_run(ctx, "plain", "succeeded", "y.csv")
+    rows = {r.name: r for r in run_table.run_rows(ctx)}
+    assert rows["qdora"].recipe.startswith("LoRA (DoRA) · r 4, alpha 8 · NF4 + double quant")
+    assert rows["qdora"].cells()[run_table.COLUMNS.index("recipe")] == rows["qdora"].recipe
+    assert rows["plain"].recipe == "LORA"  # a spec without a method section: the stored method name
+    assert [r.name for r in run_table.run_rows(ctx, text="dora")] == ["qdora"]
+    assert [r.name for r in run_table.run_rows(ctx, text="nf4")] == ["qdora"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from app.services import export, merged, monitor, run_table, runs
+from app.services import export, merged, monitor, recipe, run_table, runs
 from app.ui.labels import t
 
 POLL_SECONDS = 1.0
@@ -20,8 +20,39 @@ POLL_SECONDS = 1.0
 # shared link opens that run; leaving the run view takes it off, so a reload returns to where they were.
 SET_URL_JS = """(run) => { if (run) { const u = new URL(window.location); u.searchParams.set('run', run);
 window.history.replaceState(null, '', u); } return []; }"""
-CLEAR_URL_JS = """() => { const u = new URL(window.location); u.searchParams.delete('run');
-window.history.replaceState(null, '', u); return []; }"""
+# Gradio fires the first tab's select while the page mounts, before the load events read the address:
+# clearing then stripped a shared ?run=N before the server saw it (issue 11, item 4). So the address is
+# only cleared once the load has placed the page (URL_READY_JS, run after the load's tab choice).
+CLEAR_URL_JS = """() => { if (!window.tsUrlReady) return []; const u = new URL(window.location);
+u.searchParams.delete('run'); window.history.replaceState(null, '', u); return []; }"""
+URL_READY_JS = """() => { window.tsUrlReady = true; return []; }"""
+
+# Point markers for the loss charts, drawn by the browser on the plot's own SVG paths: Gradio's line
+# plot has no point option, and a line of one point draws nothing, so a chart with a single loss or
+# eval value looked empty for minutes (issue 11, item 7). Every line gets a dot at its first and last
+# point; eval lines (a few points each) get one at every point. context-stroke keeps each series' colour.
+CHART_MARKERS = """<svg width="0" height="0" style="position:absolute" aria-hidden="true"><defs>
+<marker id="ts-point" viewBox="0 0 10 10" refX="5" refY="5" markerWidth="8" markerHeight="8"
+ markerUnits="userSpaceOnUse"><circle cx="5" cy="5" r="5" fill="context-stroke"/></marker></defs></svg>
+<style>
+#run-chart g.mark-line, #runs-chart g.mark-line { clip-path: none; }
+#run-chart path[aria-roledescription="line mark"], #runs-chart path[aria-roledescription="line mark"] {
+  marker-start: url(#ts-point); marker-end: url(#ts-point); }
+#run-chart path[aria-roledescription="line mark"][aria-label$=" eval"],
+#runs-chart path[aria-roledescription="line mark"][aria-label$=" eval"] { marker-mid: url(#ts-point); }
+</style>"""
+
+# The log box follows its end as lines arrive, unless the person has scrolled up to read (then it
+# stays put until they scroll back down). Gradio's own autoscroll re-arms only when its "near the
+# bottom" flag changes, so after the first fill the log stopped following (issue 11, item 7). Run
+# after each redraw; ``follow`` (switching runs) starts following again.
+FOLLOW_LOG_JS = """(follow) => { const t = document.querySelector('#run-log textarea'); if (!t) return [];
+if (!t.tsWatched) { t.tsWatched = true; t.tsFollow = true; t.addEventListener('scroll', () => {
+  t.tsFollow = t.scrollTop + t.clientHeight >= t.scrollHeight - 8; }, {passive: true}); }
+if (follow === true) t.tsFollow = true;
+if (t.tsFollow) requestAnimationFrame(() => { t.scrollTop = t.scrollHeight; });
+return []; }"""
+FOLLOW_LOG_AGAIN_JS = f"() => ({FOLLOW_LOG_JS})(true)"
 
 
 @dataclass
@@ -42,7 +73,8 @@ class RunView:
 
 
 def run_choices(ctx) -> list[tuple[str, int]]:
-    return [(f"#{r.id} {r.name} ({r.method}, {r.created_at:%Y-%m-%d %H:%M})", r.id) for r in runs.list_runs(ctx)]
+    return [(f"#{r.id} {r.name} ({recipe.method_label(r.spec) if r.spec.get('method') else r.method}, "
+             f"{r.created_at:%Y-%m-%d %H:%M})", r.id) for r in runs.list_runs(ctx)]
 
 
 def active_run(ctx) -> int | None:
@@ -85,8 +117,8 @@ def _header(ctx, run: runs.RunView) -> str:
     data = run_table.dataset_name(ctx, run.spec.get("data", {}).get("dataset", ""), {})
     err = f"<div class='ts-error'>{html.escape(run.error)}</div>" if run.error else ""
     return (f"<h3>#{run.id} {html.escape(run.name)} <span class='ts-status {run.status}' id='run-status'>"
-            f"{run.status}</span></h3><div>{html.escape(run.model)} · {html.escape(run.method)} · "
-            f"data {html.escape(str(data))}</div>{err}")
+            f"{run.status}</span></h3><div>{html.escape(run.model)} · data {html.escape(str(data))}</div>"
+            f"<div id='run-recipe'>{html.escape(run_table.run_recipe(run))}</div>{err}")
 
 
 def _progress(p: monitor.Progress) -> str:

@@ -11,7 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from app.registry.models import RUN_STATUSES
-from app.services import draft, run_table, runs
+from app.services import draft, monitor, run_table, runs
 from app.ui.labels import t
 
 
@@ -30,15 +30,17 @@ class RunsTab:
     confirm: gr.Checkbox
     message: gr.Markdown
     compare: gr.Dropdown
-    chart: gr.LinePlot
 
 
-def build() -> RunsTab:
+def build(ctx) -> RunsTab:
     with gr.Row():
-        status = gr.Dropdown(["all", *RUN_STATUSES], value="all", label=t("runs.filter.status"), scale=1)
-        text = gr.Textbox(label=t("runs.filter.text"), scale=3)
+        status = gr.Dropdown(["all", *RUN_STATUSES], value="all", label=t("runs.filter.status"), scale=1,
+                             elem_id="runs-filter-status")
+        text = gr.Textbox(label=t("runs.filter.text"), scale=3, elem_id="runs-filter-text")
         refresh = gr.Button(t("run.refresh"), scale=0, size="sm", min_width=100)
+    # The recipe is long: it gets the widest column and wraps, so every column stays in view.
     table = gr.Dataframe(pd.DataFrame(columns=run_table.COLUMNS), label=t("runs.table"), interactive=False,
+                         wrap=True, column_widths=["5%", "14%", "9%", "11%", "33%", "12%", "8%", "8%"],
                          elem_id="runs-table")
     with gr.Row():
         with gr.Column():
@@ -56,10 +58,18 @@ def build() -> RunsTab:
         with gr.Column():
             compare = gr.Dropdown([], value=[], multiselect=True, label=t("runs.compare"), elem_id="runs-compare")
             gr.Markdown(f"#### {t('runs.compare.chart')}")
-            chart = gr.LinePlot(None, x="step", y="loss", color="series", color_title=t("runs.compare.legend"),
-                                show_label=False, height=320, elem_id="runs-chart")
+
+            # A new plot per selection, not an update of one: Gradio's plot keeps the colour domain it
+            # was first drawn with and only swaps the data on an update, so a second run ticked later
+            # was never drawn (issue 11, item 3).
+            @gr.render(inputs=compare, triggers=[compare.change])
+            def compare_chart(ids):
+                frame = monitor.compare_frame(ctx, [int(i) for i in ids or []])
+                gr.LinePlot(frame if len(frame) else None, x="step", y="loss", color="series",
+                            color_title=t("runs.compare.legend"), show_label=False, height=320,
+                            color_map=monitor.series_colours(sorted(set(frame["series"]))), elem_id="runs-chart")
     return RunsTab(status, text, refresh, table, selected, config, download_yaml, open_run, reuse, delete, confirm,
-                   message, compare, chart)
+                   message, compare)
 
 
 def table_and_choices(ctx, status: str, text: str):
