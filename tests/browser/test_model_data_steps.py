@@ -93,3 +93,26 @@ def test_a_header_only_file_is_refused_in_the_clis_words(page, studio, tmp_path)
     expect(page.locator("#data-upload")).to_be_visible()
     expect(page.locator("#method-next")).to_be_hidden()
     shot(page, "model-data-02-header-only")
+
+
+def test_memory_estimate_reads_as_plain_words_against_this_machines_memory(page, studio, tmp_path):
+    from app.services.estimate import gib, worker_memory
+    from tests.browser.test_studio import pick
+
+    open_wizard(page, studio)
+    field(page, "model-custom").fill(str(save_tiny_model(tmp_path / "tiny-llama")))
+    page.locator("#model-check").click()
+    table = page.locator("#model-estimate")
+    expect(table).to_contain_text("Model weights (full precision", timeout=60_000)
+    for part in ("Activations kept for the backward pass", "Scores over the vocabulary", "Total"):
+        expect(table).to_contain_text(part)
+    expect(page.locator("body")).not_to_contain_text("Bits per base weight")
+    memory = worker_memory(embedded=True)  # the test studio's worker is embedded: it trains on this machine
+    where = "the GPU" if memory.kind == "gpu" else "this machine's memory"
+    fit = page.locator("#model-fit")
+    expect(fit).to_contain_text(re.compile(rf"Fits: [\d.]+ of {gib(memory.total_bytes)} GiB of {where}"))
+    expect(page.locator("#model-estimate-why")).to_contain_text("checked against measured peaks")
+
+    pick(page, "model-quantization", "NF4 + double quantization (QLoRA)")
+    expect(table).to_contain_text("Model weights (4-bit NF4", timeout=30_000)
+    shot(page, "model-data-03-estimate")

@@ -54,7 +54,8 @@ def build() -> ModelStep:
                 seq_len = gr.Number(512, precision=0, minimum=8, label=t("model.seq_len"))
                 batch = gr.Number(8, precision=0, minimum=1, label=t("model.batch"))
             estimate = gr.Dataframe(headers=[t("estimate.part"), t("estimate.memory")], value=[],
-                                    label=t("model.estimate"), interactive=False, wrap=True, elem_id="model-estimate")
+                                    label=t("model.estimate"), interactive=False, wrap=True, column_widths=["72%", "28%"],
+                                    elem_id="model-estimate")
             fit = gr.Markdown("", elem_id="model-fit")
             gr.Markdown(t("estimate.why"), elem_id="model-estimate-why")
     state = gr.State(None)
