@@ -13,6 +13,8 @@ import tuners
 from app.registry.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
 from app.services.method_form import build_config, config_values
 
+# Presets scale how long and how wide a run is; the learning rate is the chosen method's own
+# (tuners' Method.learning_rate): one rate for every method left (IA)³ and soft prompts untrained.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"epochs": 1.0, "batch_size": 4, "max_steps": 30, "eval_every": 10},
     "balanced": {"epochs": 2.0, "batch_size": 8, "max_steps": 0, "eval_every": 50},
