@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from app.settings import Settings, SettingsError, parse_port
 
@@ -96,7 +97,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     spec = RunSpec.load(args.spec)
     ctx = _ctx(settings)
     try:
-        run_id = create_run(ctx, spec)
+        run_id = create_run(ctx, spec, base_dir=Path(args.spec).resolve().parent)
         print(f"run {run_id} queued: {spec.name} ({spec.model.name}, {spec.method['peft_type']})")
         if not args.wait:
             return 0

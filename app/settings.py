@@ -34,6 +34,9 @@ class Settings:
     heartbeat_seconds: float = 5.0
     worker_lost_seconds: float = 60.0
     worker_name: str = field(default_factory=socket.gethostname)
+    # Where a run spec may name data files: the studio's home and the folder the command ran in, unless
+    # TUNESTUDIO_DATA_ROOTS (os.pathsep-separated) says otherwise.
+    data_roots: tuple[Path, ...] = ()
 
     @property
     def uploads_dir(self) -> Path:
@@ -97,7 +100,18 @@ class Settings:
             heartbeat_seconds=_float(env, "TUNESTUDIO_HEARTBEAT_SECONDS", 5.0),
             worker_lost_seconds=_float(env, "TUNESTUDIO_WORKER_LOST_SECONDS", 60.0),
             worker_name=env.get("TUNESTUDIO_WORKER_NAME") or socket.gethostname(),
+            data_roots=_data_roots(env, home),
         )
+
+
+def _data_roots(env: Mapping[str, str], home: Path) -> tuple[Path, ...]:
+    raw = env.get("TUNESTUDIO_DATA_ROOTS")
+    if not raw:
+        return (home, Path.cwd().resolve())
+    roots = tuple(Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip())
+    if not roots:
+        raise SettingsError(f"TUNESTUDIO_DATA_ROOTS: names no folder, got {raw!r}")
+    return roots
 
 
 def parse_port(name: str, raw: str) -> int:

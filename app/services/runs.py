@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -18,6 +19,7 @@ from app.registry.lifecycle import finish_run, reap_lost_runs, request_cancel
 from app.registry.models import ACTIVE_STATUSES, Artifact, Dataset, LogLine, MetricPoint, Run
 from app.registry.spec import RunSpec, SpecError
 from app.services.context import TRAIN_QUEUE, TRAIN_TASK, Context
+from app.settings import Settings
 
 
 class RunNotFound(LookupError):
@@ -64,14 +66,21 @@ class MetricView:
     accuracy: float | None
 
 
-def create_run(ctx: Context, spec: RunSpec | dict[str, Any] | str) -> int:
-    """Validate the spec, record the run as ``queued`` and send "start run N" to the workers."""
+def create_run(ctx: Context, spec: RunSpec | dict[str, Any] | str, base_dir: Path | None = None) -> int:
+    """Validate the spec, record the run as ``queued`` and send "start run N" to the workers.
+
+    ``base_dir`` is where relative data paths in the spec are read from (the spec file's folder for
+    the CLI); they are stored absolute, so the worker never looks in its own working directory.
+    """
     if isinstance(spec, str):
         spec = RunSpec.from_yaml(spec)
     elif isinstance(spec, dict):
         spec = RunSpec.from_dict(spec)
     else:
         spec.validate()
+    spec.data.dataset = checked_data_path(ctx.settings, spec.data.dataset, "data.dataset", base_dir)
+    if spec.data.validation is not None:
+        spec.data.validation = checked_data_path(ctx.settings, spec.data.validation, "data.validation", base_dir)
     with ctx.session() as s:
         _check_dataset_reference(s, spec.data.dataset, "data.dataset")
         if spec.data.validation is not None:
@@ -90,6 +99,25 @@ def create_run(ctx: Context, spec: RunSpec | dict[str, Any] | str) -> int:
             finish_run(s, run_id, "failed", f"could not queue the run on the broker: {exc}")
         raise
     return run_id
+
+
+def checked_data_path(settings: Settings, ref: str | int, field: str, base_dir: Path | None = None) -> str | int:
+    """A data file named in a spec, made absolute and confined to ``settings.data_roots``.
+
+    Registered (``dataset:N``) and bundled (``bundled:name``) references pass unchanged. Symlinks are
+    resolved first, so a link inside a root cannot lead outside it.
+    """
+    if dataset_id_of(ref) is not None or str(ref).startswith("bundled:"):
+        return ref
+    raw = Path(str(ref)).expanduser()
+    path = (raw if raw.is_absolute() else (base_dir or Path.cwd()) / raw).resolve()
+    if not any(path.is_relative_to(root) for root in settings.data_roots):
+        roots = ", ".join(str(r) for r in settings.data_roots)
+        raise SpecError(field, f"{ref} is outside the folders runs may read data from ({roots}); "
+                               "register the file with `tunestudio datasets add` or set TUNESTUDIO_DATA_ROOTS")
+    if not path.is_file():
+        raise SpecError(field, f"no such file: {ref} (looked for {path})")
+    return str(path)
 
 
 def _check_dataset_reference(session, ref: str | int, path: str) -> None:

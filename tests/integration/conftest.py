@@ -35,7 +35,8 @@ def wait_for(ctx: Context, run_id: int, predicate, timeout: float = 180.0):
 def embedded(tmp_path_factory):
     """SQLite registry + SQLite broker (kombu SQLAlchemy transport) + one worker subprocess."""
     home = tmp_path_factory.mktemp("embedded-home")
-    settings = Settings.from_env({"TUNESTUDIO_HOME": str(home), **FAST_LIVENESS})
+    settings = Settings.from_env({"TUNESTUDIO_HOME": str(home), **FAST_LIVENESS,
+                                  "TUNESTUDIO_DATA_ROOTS": str(tmp_path_factory.getbasetemp())})
     ctx = Context.open(settings)
     worker = EmbeddedWorker(settings).start()
     yield ctx, worker
@@ -60,6 +61,7 @@ def scaled_out(tmp_path_factory):
         "TUNESTUDIO_HOME": str(home),
         "TUNESTUDIO_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
         "TUNESTUDIO_BROKER_URL": "redis://127.0.0.1:6379/11",
+        "TUNESTUDIO_DATA_ROOTS": str(tmp_path_factory.getbasetemp()),
         **FAST_LIVENESS,
     })
     ctx = Context.open(settings)

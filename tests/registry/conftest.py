@@ -13,7 +13,7 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings.from_env({"TUNESTUDIO_HOME": str(tmp_path / "home")})
+    return Settings.from_env({"TUNESTUDIO_HOME": str(tmp_path / "home"), "TUNESTUDIO_DATA_ROOTS": str(tmp_path)})
 
 
 @pytest.fixture

@@ -27,6 +27,12 @@ SPEC = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _data_next_to_the_spec(tmp_path, monkeypatch):
+    (tmp_path / "pairs.csv").write_text("prompt,response\nhi,hello\n")
+    monkeypatch.chdir(tmp_path)
+
+
 def test_a_created_run_is_queued_with_its_spec_and_a_broker_message(ctx):
     run_id = create_run(ctx, SPEC)
     run = get_run(ctx, run_id)
@@ -112,7 +118,7 @@ def test_a_deleted_runs_id_is_never_issued_again_on_postgresql(tmp_path, pg_url)
     from app.settings import Settings
 
     ctx = Context.open(Settings.from_env({"TUNESTUDIO_HOME": str(tmp_path / "home"),
-                                          "TUNESTUDIO_DATABASE_URL": pg_url}))
+                                          "TUNESTUDIO_DATABASE_URL": pg_url, "TUNESTUDIO_DATA_ROOTS": str(tmp_path)}))
     try:
         assert _create_and_delete_newest(ctx) == [1, 2, 3, 4, 5]
     finally:

@@ -76,7 +76,7 @@ def test_a_quantized_base_with_a_method_that_trains_base_weights_is_refused_up_f
 ONLY_THE_METHOD = """\
 name: cli-defaults
 model: {{name: SmolLM2-135M-Instruct}}
-data: {{dataset: chatterbot}}
+data: {{dataset: pairs.csv}}
 method: {{peft_type: {peft_type}}}
 """
 
@@ -146,7 +146,8 @@ def _cli(tmp_path, spec_text):
 
     path = tmp_path / "spec.yaml"
     path.write_text(spec_text, encoding="utf-8")
-    env = {**os.environ, "TUNESTUDIO_HOME": str(tmp_path / "home")}
+    (tmp_path / "pairs.csv").write_text("prompt,response\nhi,hello\n", encoding="utf-8")
+    env = {**os.environ, "TUNESTUDIO_HOME": str(tmp_path / "home"), "TUNESTUDIO_DATA_ROOTS": str(tmp_path)}
     for key in ("TUNESTUDIO_DATABASE_URL", "TUNESTUDIO_BROKER_URL"):
         env.pop(key, None)
     root = Path(__file__).resolve().parents[2]
@@ -190,3 +191,36 @@ def test_the_cli_and_the_studio_refuse_a_bad_method_value_in_the_same_words(tmp_
     done = _cli(tmp_path, text)
     assert done.returncode == 1
     assert done.stderr.strip() == f"error: {tmp_path / 'spec.yaml'}, line 4: method.{studio_words}"
+
+
+def test_the_cli_reads_data_next_to_the_spec_and_stores_it_absolute(tmp_path):
+    from app.services import Context, get_run
+    from app.settings import Settings
+
+    done = _cli(tmp_path, ONLY_THE_METHOD.format(peft_type="LORA").replace("pairs.csv", "./pairs.csv"))
+    assert done.returncode == 0, done.stderr
+    ctx = Context.open(Settings.from_env({"TUNESTUDIO_HOME": str(tmp_path / "home")}))
+    try:
+        assert get_run(ctx, 1).spec["data"]["dataset"] == str((tmp_path / "pairs.csv").resolve())
+    finally:
+        ctx.close()
+
+
+@pytest.mark.parametrize("dataset", ["/etc/passwd", "../../../../../../../../etc/passwd", "linked.csv", "nope.csv"])
+def test_the_cli_refuses_data_outside_the_allowed_folders_before_queueing(tmp_path, dataset):
+    (tmp_path / "linked.csv").symlink_to("/etc/passwd")
+    done = _cli(tmp_path, ONLY_THE_METHOD.format(peft_type="LORA").replace("pairs.csv", dataset))
+    assert done.returncode == 1
+    if dataset == "nope.csv":
+        assert "data.dataset: no such file: nope.csv" in done.stderr
+    else:
+        assert f"data.dataset: {dataset} is outside the folders runs may read data from ({tmp_path})" in done.stderr
+    assert "queued" not in done.stdout
+    from app.services import Context, list_runs
+    from app.settings import Settings
+
+    ctx = Context.open(Settings.from_env({"TUNESTUDIO_HOME": str(tmp_path / "home")}))
+    try:
+        assert list_runs(ctx) == []
+    finally:
+        ctx.close()
