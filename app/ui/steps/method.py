@@ -52,17 +52,25 @@ def _widget(spec: method_form.FieldSpec, peft_type: str) -> gr.components.Compon
 
 
 def _grid(specs: list[method_form.FieldSpec], peft_type: str, inputs: list, keys: list) -> None:
-    """The fields in rows of ``PER_ROW`` (value fields first, then the on/off switches together), each row
-    padded so a short last row keeps the column widths of the rows above."""
-    ordered = [s for s in specs if s.kind != "bool"] + [s for s in specs if s.kind == "bool"]
-    for start in range(0, len(ordered), PER_ROW):
-        with gr.Row(equal_height=False):
-            chunk = ordered[start:start + PER_ROW]
-            for spec in chunk:
-                inputs.append(_widget(spec, peft_type))
-                keys.append((peft_type, spec.name))
-            for _ in range(PER_ROW - len(chunk)):
-                gr.HTML("", min_width=MIN_WIDTH, padding=False)
+    """The fields in rows of ``PER_ROW``: value fields first, then the on/off switches in rows of their own.
+
+    A short last row is padded so its columns line up with the rows above. A checkbox takes no minimum
+    width of its own, so each sits in a column that has one; otherwise a narrow window squeezes it beside
+    a text field instead of wrapping it onto its own line.
+    """
+    for group in ([s for s in specs if s.kind != "bool"], [s for s in specs if s.kind == "bool"]):
+        for start in range(0, len(group), PER_ROW):
+            chunk = group[start:start + PER_ROW]
+            with gr.Row(equal_height=False):
+                for spec in chunk:
+                    if spec.kind == "bool":
+                        with gr.Column(min_width=MIN_WIDTH):
+                            inputs.append(_widget(spec, peft_type))
+                    else:
+                        inputs.append(_widget(spec, peft_type))
+                    keys.append((peft_type, spec.name))
+                for _ in range(PER_ROW - len(chunk)):
+                    gr.HTML("", min_width=MIN_WIDTH, padding=False)
 
 
 def build() -> MethodStep:
