@@ -209,3 +209,13 @@ def test_prompt_style_follows_the_shape_the_run_trained_on(tmp_path, shape, logg
         assert playground.prompt_style(ctx, run_id) == style
     finally:
         ctx.close()
+
+
+def test_chat_bubbles_show_markup_as_typed_and_give_the_text_back():
+    from app.ui.tabs.playground import _bubble, as_typed
+
+    typed = "And the <b>grass</b> & the <script>x</script>?"
+    bubble = _bubble("user", typed)
+    assert "<b>" not in bubble["content"] and "<script>" not in bubble["content"]
+    assert as_typed([bubble, {"role": "assistant", "content": "a &amp; b", "metadata": None}]) == [
+        {"role": "user", "content": typed}, {"role": "assistant", "content": "a & b", "metadata": None}]

@@ -88,6 +88,18 @@ def _error(exc: BaseException | str) -> str:
     return f"<div class='ts-error'>{html.escape(str(exc))}</div>"
 
 
+def _bubble(role: str, text: str) -> dict[str, str]:
+    """A chat message as the Chatbot shows it. The Chatbot renders HTML (sanitized) even with
+    Markdown off, so text is escaped: what a person or a model wrote shows exactly as written."""
+    return {"role": role, "content": html.escape(text, quote=False)}
+
+
+def as_typed(history: list[dict] | None) -> list[dict]:
+    """The Chatbot's messages back as the text that was typed or generated (see :func:`_bubble`)."""
+    return [{**m, "content": html.unescape(m["content"])} if isinstance(m.get("content"), str) else m
+            for m in history or []]
+
+
 def respond(pg: playground.Playground, run_id, prompt, base_history, tuned_history, max_new_tokens, temperature,
             top_p) -> Iterator[list[Any]]:
     """Streams [status, base chat, tuned chat, prompt, base labels, tuned labels]: the base model's
@@ -109,14 +121,15 @@ def respond(pg: playground.Playground, run_id, prompt, base_history, tuned_histo
             return
         playground.check_max_new_tokens(max_new_tokens)
         options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-        history = {"base": list(base_history or []), "tuned": list(tuned_history or [])}
-        shown = {side: [*turns, {"role": "user", "content": prompt}] for side, turns in history.items()}
+        before = {"base": list(base_history or []), "tuned": list(tuned_history or [])}
+        history = {side: as_typed(turns) for side, turns in before.items()}
+        shown = {side: [*turns, _bubble("user", prompt)] for side, turns in before.items()}
         done = {}
         for side, adapter in (("base", False), ("tuned", True)):
-            shown[side].append({"role": "assistant", "content": ""})
+            shown[side].append(_bubble("assistant", ""))
             shown_at = -1.0
             for part in playground.stream_reply(loaded, history[side], prompt, adapter=adapter, **options):
-                shown[side][-1] = {"role": "assistant", "content": part.text}
+                shown[side][-1] = _bubble("assistant", part.text)
                 done[side] = part
                 # A few redraws a second: one per token floods a slow browser with whole chats.
                 if part.done or part.seconds - shown_at >= REDRAW_SECONDS:
