@@ -228,12 +228,10 @@ def test_new_user_trains_lora_and_tries_it(page, studio, tmp_path):
     pick(page, "play-run", re.compile("browser-lora"))
     field(page, "play-prompt").fill("What colour is the sky?")
     page.locator("#play-generate").click()
-    page.wait_for_function("() => { const b = document.querySelector('#play-base textarea'); "
-                           "const t = document.querySelector('#play-tuned textarea'); "
-                           "return b && t && b.value.length > 0 && t.value.length > 0; }", timeout=90_000)
+    expect(page.locator("#play-status")).to_contain_text("Done:", timeout=120_000)
     shot(page, "11-playground")
-    base = field(page, "play-base").input_value()
-    tuned = field(page, "play-tuned").input_value()
+    base = page.locator("#play-base [data-testid='bot']").last.inner_text()
+    tuned = page.locator("#play-tuned [data-testid='bot']").last.inner_text()
     assert base and tuned
     (ARTIFACTS / "playground.txt").write_text(f"base: {base!r}\ntuned: {tuned!r}\n")
 
