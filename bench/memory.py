@@ -197,10 +197,14 @@ def main() -> None:
         print(result)
         return
     if args.report:
-        saved = json.loads(OUT.read_text())
+        if OUT.exists():
+            saved = json.loads(OUT.read_text())
+        else:  # a run still going (or cut short): its finished cases
+            saved = {"device": "cpu", "results": [json.loads(line) for line in PARTIAL.read_text().splitlines()]}
         rows = report(saved["results"])
-        saved["results"] = rows
-        OUT.write_text(json.dumps(saved, indent=2) + "\n")
+        if OUT.exists():
+            saved["results"] = rows
+            OUT.write_text(json.dumps(saved, indent=2) + "\n")
         return
 
     from app.settings import Settings

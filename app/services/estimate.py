@@ -11,8 +11,10 @@ on the page:
   = 4.5 bits; with double quantization an 8-bit absmax plus an fp32 scale per 256 blocks ≈ 4.127
   bits); embeddings, norms and heads stay fp32;
 - what training adds to the trained weights: a new (adapter) parameter costs its fp32 weight, its
-  gradient and AdamW's two moments = 16 bytes; a base weight trained in place (full fine-tuning,
-  BitFit) costs the last three = 12 bytes (its weight is already counted);
+  gradient and AdamW's two moments = 16 bytes; a base weight trained in place (full fine-tuning)
+  costs the two moments = 8 bytes, and its 4-byte gradient only where the gradients outgrow the
+  activations: backward produces them layer by layer as it frees those (measured: the peak is at
+  the start of backward, not the sum);
 - activations autograd keeps for the backward pass, per token and layer, at the compute width
   (4 bytes fp32, 2 bf16): about 3.5·hidden plus the MLP's (4·intermediate when gated like Llama's
   SwiGLU, else 2·intermediate); when the base weights train too, every linear layer's input as
@@ -233,10 +235,6 @@ def estimate_training_memory(
     weights = int(shape.linear_params * bits / 8) + other_params * 4
     if full_finetune:
         trainable_params, trains_base_weights = shape.total_params, True
-    # grads + two AdamW moments, plus the weight itself for new adapter parameters; bf16 autocast
-    # also caches a 2-byte copy of each trained base weight.
-    per_param = (12 + (2 if compute_bytes == 2 else 0)) if trains_base_weights else 16
-    trainable = trainable_params * per_param
     h, inter = shape.hidden_size, shape.intermediate_size or 4 * shape.hidden_size
     per_token_layer = ACT_HIDDEN * h + (ACT_GATED_MLP if shape.gated_mlp else ACT_PLAIN_MLP) * inter
     if trains_base_weights:
@@ -248,6 +246,13 @@ def estimate_training_memory(
     logits = 0
     if task == "CAUSAL_LM":
         logits = tokens * shape.vocab_size * (4 * LOGIT_COPIES_FP32 + (compute_bytes if compute_bytes == 2 else 0))
+    if trains_base_weights:
+        # Two AdamW moments (+ the bf16 copy autocast caches); the gradients appear layer by layer
+        # as backward frees the activations, so only what exceeds the activations adds to the peak.
+        trainable = trainable_params * (8 + (2 if compute_bytes == 2 else 0))
+        trainable += max(0, trainable_params * 4 - int(activations) - logits)
+    else:
+        trainable = trainable_params * 16  # fp32 weight, gradient and two AdamW moments
     return MemoryEstimate(
         weights_bytes=int(weights),
         trainable_bytes=int(trainable),

@@ -58,9 +58,13 @@ def test_quantized_weights_take_the_expected_share_of_full_precision():
 def test_new_adapter_weights_cost_sixteen_bytes_and_trained_base_weights_twelve():
     est = estimate_training_memory(SHAPE, 2_000_000, "fp32", "none")
     assert est.trainable_bytes == 32_000_000  # weight + gradient + two AdamW moments
-    full = estimate_training_memory(SHAPE, 2_000_000, "fp32", "none", full_finetune=True)
-    assert full.trainable_bytes == SHAPE.total_params * 12  # the weight itself is in weights_bytes
-    assert full.total_bytes - full.activations_bytes - full.logits_bytes - full.working_bytes == SHAPE.total_params * 16
+    # A base weight trained in place: its weight is in weights_bytes, its two moments here, and its
+    # gradient only beyond what backward frees of the activations while producing it.
+    short = estimate_training_memory(SHAPE, 0, "fp32", "none", batch_size=1, seq_len=64, full_finetune=True)
+    assert short.trainable_bytes == SHAPE.total_params * 12 - short.activations_bytes - short.logits_bytes
+    long = estimate_training_memory(SHAPE, 0, "fp32", "none", batch_size=8, seq_len=512, full_finetune=True)
+    assert long.trainable_bytes == SHAPE.total_params * 8
+    assert long.weights_bytes == SHAPE.total_params * 4
 
 
 def test_activations_grow_with_batch_and_sequence():
