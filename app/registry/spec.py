@@ -10,6 +10,7 @@ Field reference: docs/runs.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,14 +212,13 @@ class RunSpec:
 
     def _validate_training(self) -> None:
         t = self.training
-        if not isinstance(t.epochs, int | float) or isinstance(t.epochs, bool) or t.epochs <= 0:
-            raise SpecError("training.epochs", f"must be a positive number, got {t.epochs!r}")
+        _number("training.epochs", t.epochs, positive=True, hi=MAX_EPOCHS)
         if t.max_steps is not None:
             _int("training.max_steps", t.max_steps, lo=1)
-        _int("training.batch_size", t.batch_size, lo=1)
-        _int("training.grad_accum", t.grad_accum, lo=1)
-        _number("training.learning_rate", t.learning_rate, positive=True)
-        _number("training.weight_decay", t.weight_decay)
+        _int("training.batch_size", t.batch_size, lo=1, hi=MAX_BATCH)
+        _int("training.grad_accum", t.grad_accum, lo=1, hi=MAX_BATCH)
+        _number("training.learning_rate", t.learning_rate, positive=True, hi=MAX_LEARNING_RATE)
+        _number("training.weight_decay", t.weight_decay, hi=MAX_WEIGHT_DECAY)
         _int("training.warmup_steps", t.warmup_steps, lo=0)
         if t.scheduler not in SCHEDULERS:
             raise SpecError("training.scheduler", f"{t.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
@@ -340,20 +340,35 @@ def _bool(path: str, value: Any) -> None:
         raise SpecError(path, f"must be true or false, got {value!r}")
 
 
-def _int(path: str, value: Any, lo: int | None = None) -> None:
+# Sanity bounds: beyond these a value is a typo, not a training choice.
+MAX_EPOCHS = 10_000
+MAX_BATCH = 4_096
+MAX_LEARNING_RATE = 1.0
+MAX_WEIGHT_DECAY = 10.0
+# The registry stores steps in 32-bit integer columns; larger values would surface as raw SQL errors.
+REGISTRY_INT_MAX = 2**31 - 1
+
+
+def _int(path: str, value: Any, lo: int | None = None, hi: int = REGISTRY_INT_MAX) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise SpecError(path, f"must be an integer, got {value!r}")
     if lo is not None and value < lo:
         raise SpecError(path, f"must be >= {lo}, got {value}")
+    if value > hi:
+        raise SpecError(path, f"must be <= {hi:,}, got {value:,}")
 
 
-def _number(path: str, value: Any, positive: bool = False) -> None:
+def _number(path: str, value: Any, positive: bool = False, hi: float | None = None) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise SpecError(path, f"must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise SpecError(path, f"must be a finite number, got {value}")
     if positive and value <= 0:
         raise SpecError(path, f"must be > 0, got {value}")
     if value < 0:
         raise SpecError(path, f"must be >= 0, got {value}")
+    if hi is not None and value > hi:
+        raise SpecError(path, f"must be <= {hi:g}, got {value:g}")
 
 
 def _line_numbers(node: Any, prefix: str = "") -> dict[str, int]:

@@ -224,3 +224,21 @@ def test_the_cli_refuses_data_outside_the_allowed_folders_before_queueing(tmp_pa
         assert list_runs(ctx) == []
     finally:
         ctx.close()
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("  max_steps: 3000000000", "training.max_steps: must be <= 2,147,483,647, got 3,000,000,000"),
+    ("  learning_rate: .nan", "training.learning_rate: must be a finite number, got nan"),
+    ("  learning_rate: .inf", "training.learning_rate: must be a finite number, got inf"),
+    ("  learning_rate: 3", "training.learning_rate: must be <= 1, got 3"),
+    ("  batch_size: 100000", "training.batch_size: must be <= 4,096, got 100,000"),
+    ("  grad_accum: 99999", "training.grad_accum: must be <= 4,096, got 99,999"),
+    ("  epochs: .inf", "training.epochs: must be a finite number, got inf"),
+    ("  weight_decay: .nan", "training.weight_decay: must be a finite number, got nan"),
+    ("  eval_every: 9999999999", "training.eval_every: must be <= 2,147,483,647, got 9,999,999,999"),
+])
+def test_training_values_beyond_sane_bounds_are_refused_with_the_field_and_line(line, message):
+    text = GOOD.replace("  learning_rate: 2e-4\n", "") + line + "\n"
+    with pytest.raises(SpecError) as err:
+        RunSpec.from_yaml(text, source="spec.yaml")
+    assert str(err.value) == f"spec.yaml, line 7: {message}"

@@ -8,7 +8,9 @@ from torch import nn
 
 import tuners
 from tests.support.tiny_models import batch, tiny_model
+from tuners.config import ConfigError
 from tuners.layers import AdapterLayer, ModulesToSave
+from tuners.methods.lora import LoraConfig
 
 CONFIGS = {
     "lora-llama": ("llama", dict(target_modules="all-linear", r=4)),
@@ -304,3 +306,11 @@ def test_bad_config_values_are_named(field, value, message):
     config = tuners.LoraConfig(target_modules=["q_proj"]).replace(**{field: value})
     with pytest.raises(tuners.ConfigError, match=message):
         tuners.apply(tiny_model("llama"), config)
+
+
+def test_a_rank_above_a_layers_smaller_side_is_refused_by_name():
+    # The tiny Llama's v_proj maps 32 -> 16 (grouped-query attention), so r=17 fits q_proj but not v_proj.
+    with pytest.raises(ConfigError, match=r"r: 17 is larger than layer model\.layers\.0\.self_attn\.v_proj's "
+                                          r"smaller dimension \(16\); use a rank of at most 16"):
+        tuners.apply(tiny_model("llama"), LoraConfig(r=17, target_modules=["q_proj", "v_proj"]))
+    tuners.apply(tiny_model("llama"), LoraConfig(r=16, target_modules=["q_proj", "v_proj"]))

@@ -262,6 +262,15 @@ def _accepts(module: nn.Module) -> bool:
     return isinstance(module, nn.Embedding) or linear_dims(module) is not None
 
 
+def _check_rank(name: str, r: int, module: LoraLinear | LoraEmbedding) -> None:
+    """A rank above a layer's smaller side adds parameters but no capacity: almost always a typo."""
+    base = module.base_layer
+    dims = (base.num_embeddings, base.embedding_dim) if isinstance(base, nn.Embedding) else linear_dims(base)
+    if r > min(dims):
+        raise ConfigError(f"r: {r} is larger than layer {name}'s smaller dimension ({min(dims)}); "
+                          f"use a rank of at most {min(dims)}")
+
+
 def inject(model: nn.Module, config: LoraConfig, adapter_name: str) -> None:
     names, recorded = resolve_targets(model, config.target_modules, config.exclude_modules, accept=_accepts)
     config.target_modules = recorded
@@ -273,6 +282,7 @@ def inject(model: nn.Module, config: LoraConfig, adapter_name: str) -> None:
             module = LoraEmbedding(module) if isinstance(module, nn.Embedding) else LoraLinear(module)
             replace_module(model, name, module)
         r, alpha = config.rank_and_alpha(name)
+        _check_rank(name, r, module)
         module.add(adapter_name, r, alpha, config)
     config.fan_in_fan_out = config.fan_in_fan_out or conv1d
 
