@@ -69,8 +69,8 @@ def _grid(specs: list[method_form.FieldSpec], peft_type: str, inputs: list, keys
                     else:
                         inputs.append(_widget(spec, peft_type))
                     keys.append((peft_type, spec.name))
-                for _ in range(PER_ROW - len(chunk)):
-                    gr.HTML("", min_width=MIN_WIDTH, padding=False)
+                for _ in range(PER_ROW - len(chunk)):  # an empty column: wraps away when the window is narrow
+                    gr.Column(min_width=MIN_WIDTH)
 
 
 def build() -> MethodStep:
