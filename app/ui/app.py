@@ -285,17 +285,22 @@ def _wire_run_view(ctx, demo, tabs, rv, stored) -> None:
         # Reopened without a link: the run that is training comes to the front, unless a half-filled
         # wizard is waiting; the newest run is ready in the run view either way.
         active = run_view.active_run(ctx)
-        run_id = int(raw) if raw.isdigit() else active or run_view.latest_run(ctx)
-        choices = run_view.run_choices(ctx)
-        front = raw.isdigit() or (active is not None and not draft_service.has_values(draft))
-        return gr.Dropdown(choices=choices, value=run_id), gr.Tabs(selected="run") if front else gr.skip()
+        if raw:  # a link shows its run, or says why it cannot, whatever else is waiting
+            run_id, missing = run_view.linked_run(ctx, raw)
+            return (gr.Dropdown(choices=run_view.run_choices(ctx), value=run_id), gr.Tabs(selected="run"),
+                    missing or gr.skip())
+        run_id = active or run_view.latest_run(ctx)
+        front = active is not None and not draft_service.has_values(draft)
+        return (gr.Dropdown(choices=run_view.run_choices(ctx), value=run_id),
+                gr.Tabs(selected="run") if front else gr.skip(), gr.skip())
 
     # A link (?run=N) wins over a waiting draft; only after this has placed the page may a tab change
     # rewrite the address (run_view.CLEAR_URL_JS).
-    demo.load(on_load, stored, [rv.picker, tabs], api_visibility="private").then(
+    demo.load(on_load, stored, [rv.picker, tabs, rv.message], api_visibility="private").then(
         None, None, None, js=run_view.URL_READY_JS)
-    # Switching runs clears the last run's message ("Run #3: cancelling.", a merge error).
-    rv.picker.change(lambda rid: [*run_view.draw(ctx, rid, None), ""], rv.picker, [*outputs, rv.message]).then(
+    # Switching to a run clears the last run's message ("Run #3: cancelling.", a merge error).
+    rv.picker.change(lambda rid: [*run_view.draw(ctx, rid, None), "" if rid else gr.skip()], rv.picker,
+                     [*outputs, rv.message]).then(
         None, None, None, js=run_view.FOLLOW_LOG_AGAIN_JS)
     rv.picker.input(None, rv.picker, None, js=run_view.SET_URL_JS)
     rv.refresh.click(lambda: gr.Dropdown(choices=run_view.run_choices(ctx)), None, rv.picker)

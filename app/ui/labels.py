@@ -170,7 +170,9 @@ LABELS: dict[str, str] = {
     # run view
     "run.pick": "Run",
     "run.refresh": "Refresh",
-    "run.none": "No run selected. Start one in **New run** or pick one above.",
+    "run.none": "No run selected. Start one in New run or pick one above.",  # shown as HTML: no Markdown
+    "run.link_missing": "The link names run #{run}, which does not exist (it may have been deleted). "
+    "Pick a run above.",
     "run.loss": "Loss",
     "run.loss.legend": "curve",
     "run.log": "Log",

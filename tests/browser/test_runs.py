@@ -143,6 +143,12 @@ def test_a_link_to_a_run_opens_it_in_a_fresh_browser_and_keeps_the_address(page,
     page.get_by_role("tab", name="New run").click()
     expect(field(page, "model-custom")).to_have_value("/some/folder")  # and the draft is still there
 
+    # a link to a run that is gone says so, instead of Gradio's "not in the list of choices" error
+    page.goto(f"{studio.url}/?run=987654")
+    expect(page.locator("#run-message")).to_contain_text("run #987654, which does not exist", timeout=60_000)
+    expect(page.locator("#run-header")).to_contain_text("No run selected")
+    assert page.locator(".toast-body").count() == 0
+
 
 def test_header_and_table_name_the_full_recipe(page, studio):
     dora = {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "use_dora": True, "target_modules": "attention"}

@@ -83,6 +83,17 @@ def active_run(ctx) -> int | None:
     return active[0].id if active else None
 
 
+def linked_run(ctx, raw: str) -> tuple[int | None, str]:
+    """The run a ``?run=N`` link names, or None and a message saying why it cannot be shown.
+
+    A deleted run's id must not reach the picker: Gradio refuses a value outside its choices.
+    """
+    try:
+        return runs.get_run(ctx, int(raw)).id, ""
+    except (ValueError, runs.RunNotFound):
+        return None, f"<div class='ts-error'>{html.escape(t('run.link_missing', run=raw))}</div>"
+
+
 def latest_run(ctx) -> int | None:
     newest = runs.list_runs(ctx, limit=1)
     return newest[0].id if newest else None
@@ -93,6 +104,8 @@ def build(ctx) -> RunView:
         picker = gr.Dropdown([], value=None, label=t("run.pick"), elem_id="run-picker", scale=4)
         refresh = gr.Button(t("run.refresh"), scale=0, size="sm", min_width=100)
     header = gr.HTML(t("run.none"), elem_id="run-header")
+    # Under the header, where the eye is: cancel status, merge errors, a link to a run that is gone.
+    message = gr.Markdown(elem_id="run-message")
     progress = gr.HTML(elem_id="run-progress")
     # Starts without a frame: Gradio's plot never draws lines into a chart first given an empty one.
     # The title sits outside the plot: a labelled plot block clips its own legend.
@@ -106,7 +119,6 @@ def build(ctx) -> RunView:
         download = gr.DownloadButton(t("run.download"), visible=False, elem_id="run-download")
         merge = gr.Button(t("run.prepare_merged"), visible=False, elem_id="run-merge")
         merged = gr.DownloadButton(t("run.download_merged"), visible=False, elem_id="run-merged")
-    message = gr.Markdown(elem_id="run-message")
     timer = gr.Timer(POLL_SECONDS)
     seen = gr.State(None)
     return RunView(picker, refresh, header, progress, chart, log, cancel, download, merge, merged, message, timer,
