@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI reports every error as one clear line
         name = type(exc).__name__
         known = {"SpecError", "DataError", "SettingsError", "RunNotFound", "RunActive", "NoAdapter",
-                 "DatasetNotFound", "UploadTooLarge", "FileNotFoundError"}
+                 "DatasetNotFound", "DatasetInUse", "UploadTooLarge", "FileNotFoundError"}
         print(f"error: {exc}" if name in known else f"error: {name}: {exc}", file=sys.stderr)
         return 1
 
@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     add.set_defaults(handler=_datasets_add)
     ds_list = ds_sub.add_parser("list", help="registered datasets")
     ds_list.set_defaults(handler=_datasets_list)
+    ds_delete = ds_sub.add_parser("delete", help="remove a registered dataset (refused while a run uses it)")
+    ds_delete.add_argument("dataset_id", type=int)
+    ds_delete.set_defaults(handler=_datasets_delete)
 
     worker = sub.add_parser("worker", help="run a training worker (one run at a time)")
     worker.add_argument("--name", default=socket.gethostname(), help="worker node name")
@@ -148,13 +151,14 @@ def _runs_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _runs_show(args: argparse.Namespace, settings: Settings) -> int:
-    from app.services import get_run, logs, metrics
+    from app.services import get_run, logs, metrics, run_disk_bytes
 
     ctx = _ctx(settings)
     try:
         r = get_run(ctx, args.run_id)
         points = metrics(ctx, args.run_id)
         tail = logs(ctx, args.run_id, tail=20)
+        disk = run_disk_bytes(ctx, args.run_id)
     finally:
         ctx.close()
     print(f"run {r.id}: {r.name}\n  status   {r.status}\n  model    {r.model}\n  method   {r.method}")
@@ -165,6 +169,7 @@ def _runs_show(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  error    {r.error}")
     if r.adapter_path:
         print(f"  adapter  {r.adapter_path}")
+    print(f"  disk     {disk / 2**20:.1f} MiB")
     train = [p for p in points if p.split == "train"]
     evals = [p for p in points if p.split == "eval"]
     if train:
@@ -210,6 +215,18 @@ def _datasets_add(args: argparse.Namespace, settings: Settings) -> int:
         ctx.close()
     print(f"dataset {d.id}: {d.name} ({d.format}, {d.rows} rows, columns {', '.join(d.columns)}, "
           f"shape {d.shape or 'unknown'})")
+    return 0
+
+
+def _datasets_delete(args: argparse.Namespace, settings: Settings) -> int:
+    from app.services import delete_dataset
+
+    ctx = _ctx(settings)
+    try:
+        delete_dataset(ctx, args.dataset_id)
+    finally:
+        ctx.close()
+    print(f"dataset {args.dataset_id} deleted")
     return 0
 
 

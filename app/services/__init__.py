@@ -8,6 +8,7 @@
 from app.services.catalog import ModelEntry, list_bundled_datasets, list_methods, list_models
 from app.services.context import Context
 from app.services.datasets import (
+    DatasetInUse,
     DatasetNotFound,
     DatasetView,
     UploadTooLarge,
@@ -30,10 +31,12 @@ from app.services.runs import (
     list_runs,
     logs,
     metrics,
+    run_disk_bytes,
 )
 
 __all__ = [
     "Context",
+    "DatasetInUse",
     "DatasetNotFound",
     "DatasetView",
     "MetricView",
@@ -59,4 +62,5 @@ __all__ = [
     "list_runs",
     "logs",
     "metrics",
+    "run_disk_bytes",
 ]

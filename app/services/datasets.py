@@ -16,14 +16,19 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.registry.ids import issue_id
-from app.registry.models import Dataset
+from app.registry.models import ACTIVE_STATUSES, Dataset, Run
 from app.services.context import Context
 
 
 class DatasetNotFound(LookupError):
     pass
+
+
+class DatasetInUse(RuntimeError):
+    """A queued or running run still reads the dataset: deleting it would fail that run."""
 
 
 class UploadTooLarge(ValueError):
@@ -95,11 +100,26 @@ def get_dataset(ctx: Context, dataset_id: int) -> DatasetView:
         return _view(row)
 
 
+def runs_using(session: Session, dataset_id: int, statuses: tuple[str, ...] = ACTIVE_STATUSES) -> list[Run]:
+    """Runs whose spec reads the dataset (as training or validation data), in the given statuses."""
+    from app.services.runs import dataset_id_of
+
+    runs = session.scalars(select(Run).where(Run.status.in_(statuses)).order_by(Run.id))
+    return [r for r in runs if any(
+        ref is not None and dataset_id_of(ref) == dataset_id
+        for ref in ((r.spec.get("data") or {}).get("dataset"), (r.spec.get("data") or {}).get("validation"))
+    )]
+
+
 def delete_dataset(ctx: Context, dataset_id: int) -> None:
     with ctx.session() as s:
         row = s.get(Dataset, dataset_id)
         if row is None:
             raise DatasetNotFound(f"no dataset with id {dataset_id}")
+        users = runs_using(s, dataset_id)
+        if users:
+            named = ", ".join(f"run {r.id} ({r.status})" for r in users)
+            raise DatasetInUse(f"dataset {dataset_id} is used by {named}: cancel it or let it finish first")
         path, digest = Path(row.path), row.sha256
         s.delete(row)
         s.commit()

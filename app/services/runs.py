@@ -126,6 +126,14 @@ def _check_dataset_reference(session, ref: str | int, path: str) -> None:
         raise SpecError(path, f"no registered dataset with id {dataset_id}")
 
 
+def run_disk_bytes(ctx: Context, run_id: int) -> int:
+    """Bytes the run's folder (adapter, checkpoints, merged model, logs) takes on disk."""
+    folder = ctx.settings.run_dir(run_id)
+    if not folder.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+
+
 def dataset_id_of(ref: str | int) -> int | None:
     """A registered dataset is referenced as ``3`` or ``"dataset:3"``; anything else is a file or bundled name."""
     if isinstance(ref, int):
