@@ -33,6 +33,8 @@ class Settings:
     auth_password: str | None = field(default=None, repr=False)
     heartbeat_seconds: float = 5.0
     worker_lost_seconds: float = 60.0
+    resend_queued_seconds: float = 300.0
+    give_up_queued_seconds: float = 86_400.0
     worker_name: str = field(default_factory=socket.gethostname)
     # Where a run spec may name data files: the studio's home and the folder the command ran in, unless
     # TUNESTUDIO_DATA_ROOTS (os.pathsep-separated) says otherwise.
@@ -77,6 +79,8 @@ class Settings:
             "TUNESTUDIO_MODELS_DIR": str(self.models_dir),
             "TUNESTUDIO_HEARTBEAT_SECONDS": str(self.heartbeat_seconds),
             "TUNESTUDIO_WORKER_LOST_SECONDS": str(self.worker_lost_seconds),
+            "TUNESTUDIO_RESEND_QUEUED_SECONDS": str(self.resend_queued_seconds),
+            "TUNESTUDIO_GIVE_UP_QUEUED_SECONDS": str(self.give_up_queued_seconds),
         }
         return out
 
@@ -99,6 +103,8 @@ class Settings:
             auth_password=env.get("TUNESTUDIO_AUTH_PASSWORD") or None,
             heartbeat_seconds=_float(env, "TUNESTUDIO_HEARTBEAT_SECONDS", 5.0),
             worker_lost_seconds=_float(env, "TUNESTUDIO_WORKER_LOST_SECONDS", 60.0),
+            resend_queued_seconds=_float(env, "TUNESTUDIO_RESEND_QUEUED_SECONDS", 300.0),
+            give_up_queued_seconds=_float(env, "TUNESTUDIO_GIVE_UP_QUEUED_SECONDS", 86_400.0),
             worker_name=env.get("TUNESTUDIO_WORKER_NAME") or socket.gethostname(),
             data_roots=_data_roots(env, home),
         )

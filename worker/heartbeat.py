@@ -6,10 +6,14 @@ reads the run's status, so a cancel request is noticed without a query per train
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 
 from app.registry.db import Registry
-from app.registry.lifecycle import heartbeat, reap_lost_runs
+from app.registry.lifecycle import claim_resends, give_up_unclaimed, heartbeat, reap_lost_runs
+
+logger = logging.getLogger(__name__)
 
 
 class Heartbeat:
@@ -43,16 +47,27 @@ class Heartbeat:
 
 
 class Reaper:
-    """Periodically fails runs whose heartbeat is older than ``lost_after`` seconds."""
+    """Periodically fails runs whose heartbeat is older than ``lost_after`` seconds, re-sends the start
+    message of runs queued longer than ``resend_after`` (a lost broker message would leave them queued
+    forever) and fails those still queued after ``give_up_after``."""
 
-    def __init__(self, registry: Registry, lost_after: float) -> None:
+    def __init__(self, registry: Registry, lost_after: float, send: Callable[[int], None] | None = None,
+                 resend_after: float = 300.0, give_up_after: float = 86_400.0) -> None:
         self.registry, self.lost_after = registry, lost_after
+        self.send, self.resend_after, self.give_up_after = send, resend_after, give_up_after
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="run-reaper", daemon=True)
 
     def reap(self) -> list[int]:
         with self.registry.session() as s:
-            return reap_lost_runs(s, self.lost_after)
+            lost = reap_lost_runs(s, self.lost_after)
+            give_up_unclaimed(s, self.give_up_after)
+            due = claim_resends(s, self.resend_after) if self.send is not None else []
+        for run_id in due:
+            self.send(run_id)
+        if due:
+            logger.warning("re-sent the start message of runs %s: queued longer than %.0f s", due, self.resend_after)
+        return lost
 
     def start(self) -> Reaper:
         self._thread.start()

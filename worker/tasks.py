@@ -15,7 +15,7 @@ from app.registry.lifecycle import claim_run, finish_run, log
 from app.registry.models import Artifact, Dataset, MetricPoint, Run
 from app.registry.spec import RunSpec
 from app.settings import Settings
-from worker.celery_app import app
+from worker.celery_app import TRAIN_QUEUE, app
 from worker.heartbeat import Heartbeat, Reaper
 
 logger = logging.getLogger(__name__)
@@ -136,7 +136,11 @@ def _registry(settings: Settings) -> Registry:
 def _on_worker_ready(**_: object) -> None:
     settings = Settings.from_env()
     settings.ensure_dirs()
-    _state.reaper = Reaper(_registry(settings), settings.worker_lost_seconds)
+    _state.reaper = Reaper(
+        _registry(settings), settings.worker_lost_seconds,
+        send=lambda run_id: train_run.apply_async(args=[run_id], queue=TRAIN_QUEUE),
+        resend_after=settings.resend_queued_seconds, give_up_after=settings.give_up_queued_seconds,
+    )
     reaped = _state.reaper.reap()
     if reaped:
         logger.warning("marked runs %s failed: their worker was lost", reaped)

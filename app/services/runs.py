@@ -12,11 +12,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 
 from app.registry.ids import issue_id
-from app.registry.lifecycle import finish_run, reap_lost_runs, request_cancel
-from app.registry.models import ACTIVE_STATUSES, Artifact, Dataset, LogLine, MetricPoint, Run
+from app.registry.lifecycle import finish_run, give_up_unclaimed, reap_lost_runs, request_cancel
+from app.registry.models import ACTIVE_STATUSES, Artifact, Dataset, LogLine, MetricPoint, Run, utcnow
 from app.registry.spec import RunSpec, SpecError
 from app.services.context import TRAIN_QUEUE, TRAIN_TASK, Context
 from app.settings import Settings
@@ -94,6 +94,9 @@ def create_run(ctx: Context, spec: RunSpec | dict[str, Any] | str, base_dir: Pat
         run_id = run.id
     try:
         ctx.celery.send_task(TRAIN_TASK, args=[run_id], queue=TRAIN_QUEUE)
+        with ctx.session() as s:
+            s.execute(update(Run).where(Run.id == run_id).values(sent_at=utcnow()))
+            s.commit()
     except Exception as exc:
         with ctx.session() as s:
             finish_run(s, run_id, "failed", f"could not queue the run on the broker: {exc}")
@@ -148,6 +151,7 @@ def list_runs(ctx: Context, status: str | list[str] | None = None, limit: int = 
     """Newest first; ``status`` filters to one status or a list of them."""
     with ctx.session() as s:
         reap_lost_runs(s, ctx.settings.worker_lost_seconds)
+        give_up_unclaimed(s, ctx.settings.give_up_queued_seconds)
         query = select(Run).order_by(Run.id.desc()).limit(limit)
         if status:
             query = query.where(Run.status.in_([status] if isinstance(status, str) else status))

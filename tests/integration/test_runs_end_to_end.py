@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import zipfile
+from datetime import timedelta
 
 import pytest
 import torch
@@ -111,3 +112,23 @@ def test_a_sigkilled_worker_leaves_its_run_failed_with_a_reason(scaled_out, inpu
     assert run.status == "failed" and run.worker_host == "pg-doomed"
     assert "worker lost" in run.error
     assert [r.id for r in list_runs(scaled_out, status="running")] == []
+
+
+def test_a_run_whose_broker_message_was_lost_is_resent_and_trains(scaled_out, inputs, tmp_path):
+    """The message is dropped from Redis before any worker runs; the worker that starts later re-sends it."""
+    import redis
+    from sqlalchemy import update
+
+    from app.registry.models import Run, utcnow
+
+    model_dir, data = inputs
+    run_id = create_run(scaled_out, mapping_spec(model_dir, data, max_steps=4, eval_every=0))
+    queue = redis.Redis(host="127.0.0.1", port=6379, db=11)
+    assert queue.llen("training") == 1
+    queue.delete("training")
+    with scaled_out.session() as s:
+        s.execute(update(Run).where(Run.id == run_id).values(sent_at=utcnow() - timedelta(hours=1)))
+        s.commit()
+    with EmbeddedWorker(scaled_out.settings, name="pg-resender"):
+        run = wait_for(scaled_out, run_id, lambda r: r.is_final, timeout=180)
+    assert run.status == "succeeded", (run.error, logs(scaled_out, run_id))

@@ -135,3 +135,22 @@ def test_a_deleted_datasets_id_is_never_issued_again(ctx, tmp_path):
     gone = add_dataset(ctx, first).id
     delete_dataset(ctx, gone)
     assert add_dataset(ctx, second).id == gone + 1
+
+
+def test_a_queued_run_is_resent_once_per_interval_and_given_up_after_the_limit(ctx):
+    from datetime import timedelta as td
+
+    from app.registry.lifecycle import claim_resends
+
+    fresh, stale, ancient = (create_run(ctx, SPEC) for _ in range(3))
+    with ctx.session() as s:
+        s.execute(update(Run).where(Run.id == stale).values(sent_at=utcnow() - td(hours=1)))
+        s.execute(update(Run).where(Run.id == ancient).values(created_at=utcnow() - td(days=2),
+                                                              sent_at=utcnow() - td(days=2)))
+        s.commit()
+        assert claim_resends(s, 300) == [stale, ancient]
+        assert claim_resends(s, 300) == [], "a re-sent run waits another interval"
+    runs = {r.id: r for r in list_runs(ctx)}
+    assert runs[fresh].status == runs[stale].status == "queued"
+    assert runs[ancient].status == "failed"
+    assert runs[ancient].error.startswith("never started: no worker took the run within 24 h")
