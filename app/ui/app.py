@@ -325,7 +325,16 @@ def _wire_runs(ctx, demo, tabs, rt, rv, tab_item, stored, open_in_wizard) -> Non
     rt.selected.change(lambda rid: runs_tab.detail(ctx, rid), rt.selected, [rt.config, rt.download_yaml])
     rt.delete.click(lambda rid, ok: runs_tab.delete(ctx, rid, ok), [rt.selected, rt.confirm], rt.message).then(
         refresh, [rt.status, rt.text], refresh_outputs)
-    open_in_wizard(rt.reuse.click(lambda rid: runs_tab.draft_from_run(ctx, rid), rt.selected, [stored, rt.message]))
+    # "New run from this one" redoes the model check and data preview in the wizard, which can take
+    # a while on a busy CPU: say so at once (unqueued) and keep saying it until the wizard opens.
+    def reuse(rid):
+        stored_draft, message = runs_tab.draft_from_run(ctx, rid)
+        return stored_draft, message or gr.skip()
+
+    busy = rt.reuse.click(lambda rid: t("runs.reuse.busy", run=rid) if rid else gr.skip(), rt.selected,
+                          rt.message, queue=False, show_progress="hidden")
+    open_in_wizard(busy.then(reuse, rt.selected, [stored, rt.message]))
+    tab_item.select(lambda: "", None, rt.message, queue=False, show_progress="hidden")  # a message is for its moment
     rt.open_run.click(lambda rid: (gr.Tabs(selected="run"), gr.Dropdown(choices=run_view.run_choices(ctx),
                                                                          value=rid)),
                       rt.selected, [tabs, rv.picker]).then(None, rv.picker, None, js=run_view.SET_URL_JS)

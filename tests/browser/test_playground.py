@@ -13,6 +13,7 @@ from tests.browser.test_studio import (
     check_local_model,
     choose_preset,
     field,
+    pick,
     set_number,
     wait_until_final,
     write_instruction_jsonl,
@@ -102,3 +103,12 @@ def test_playground_picks_the_run_and_chats_side_by_side(page, studio, tmp_path)
     page.wait_for_function(f"() => ({MESSAGES_JS})('play-base').length === 0 "
                            f"&& ({MESSAGES_JS})('play-tuned').length === 0", timeout=30_000)
     shot(page, "p3-playground-new-chat")
+
+    # "new run from this one" says at once what it is doing while the wizard is prepared
+    page.get_by_role("tab", name="Runs").click()
+    pick(page, "runs-selected", re.compile("play-chat"))
+    page.locator("#runs-reuse").click()
+    expect(page.locator("#runs-message")).to_contain_text(re.compile(r"Opening run #\d+'s choices in the wizard"),
+                                                         timeout=10_000)
+    shot(page, "p4-new-run-from-this-one-waiting")
+    expect(field(page, "train-name")).to_have_value(re.compile(r"^play-chat \(from #\d+\)$"), timeout=120_000)

@@ -54,7 +54,7 @@ def build(ctx) -> RunsTab:
             with gr.Row():
                 confirm = gr.Checkbox(False, label=t("runs.delete.confirm"))
                 delete = gr.Button(t("runs.delete"), variant="stop")
-            message = gr.Markdown()
+            message = gr.Markdown(elem_id="runs-message")
         with gr.Column():
             compare = gr.Dropdown([], value=[], multiselect=True, label=t("runs.compare"), elem_id="runs-compare")
             gr.Markdown(f"#### {t('runs.compare.chart')}")
