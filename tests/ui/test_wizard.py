@@ -95,6 +95,8 @@ def test_the_train_step_follows_the_method_unless_the_rate_was_typed():
 
     ia3, lora = tuners.METHODS["IA3"].learning_rate, tuners.METHODS["LORA"].learning_rate
     assert train_step.follow_method("IA3", lora, "LORA") == (ia3, "IA3")
+    same, kept = train_step.follow_method("LORA", lora, "LORA")  # a repeated event rewrites nothing
+    assert not isinstance(same, float) and not isinstance(kept, str)
     typed, followed = train_step.follow_method("IA3", 0.0123, "LORA")
     assert followed == "IA3" and not isinstance(typed, float)  # gr.skip(): the typed rate stays
     assert train_step.apply_preset("quick", "IA3")[1] == ia3

@@ -92,7 +92,9 @@ def follow_method(peft_type: str | None, lr: Any, previous: str | None) -> tuple
     """(learning rate, method now followed) after the method changed from ``previous``: the new
     method's rate when the field still holds the previous method's rate, else the person's own rate
     is kept. Stateless apart from ``previous``, so a restored draft's typed rate survives too."""
-    if not peft_type:
+    if not peft_type or peft_type == previous:
+        # No change of method (a repeated change event, late under load): never rewrite the field,
+        # or a rate typed meanwhile would be overwritten.
         return gr.skip(), gr.skip()
     if previous and _same(lr, method_rate(previous)):
         return method_rate(peft_type), peft_type
