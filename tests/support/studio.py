@@ -20,7 +20,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -51,7 +51,11 @@ class Studio:
         self._log = open(self.log, "wb")  # noqa: SIM115 - open for the child's lifetime
         self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)], env=env, cwd=ROOT,
                                      stdout=self._log, stderr=subprocess.STDOUT)
-        wait_http(self.url, self.proc, self.log)
+        try:
+            wait_http(self.url, self.proc, self.log)
+        except BaseException:
+            self.stop()  # a studio that never answered must not outlive the test
+            raise
         return self
 
     def stop(self) -> None:
