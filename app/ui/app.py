@@ -229,7 +229,8 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored):
     wizard.select(on_step_clicked, None, at_step)
     # always_last: one save in flight at a time and the newest values last, so a slow reply to an
     # earlier keystroke can never overwrite a later draft.
-    gr.on([c.change for c in fields.components], lambda *v: draft_ui.save(fields, *v), fields.components, stored,
+    gr.on([c.change for c in fields.components], lambda current, *v: draft_ui.save(fields, current, *v),
+          [stored, *fields.components], stored,
           queue=False, show_progress="hidden", api_visibility="private", trigger_mode="always_last")
 
     def restore(draft, fresh_page=True):

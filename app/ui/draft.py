@@ -63,7 +63,13 @@ def fields(ms, ds, me, ts, at_step: gr.State) -> DraftFields:
 EMPTY = draft_service.pack([], [])  # stored rather than None, which the page would not write
 
 
-def save(f: DraftFields, *values: Any) -> dict[str, Any]:
+def save(f: DraftFields, current: Any, *values: Any) -> Any:
+    """The draft to keep: none while the page still shows only its defaults and nothing is stored, so
+    change events fired while a fresh page settles (after Start over, too) do not store an empty one."""
+    defaults = [getattr(c, "value", None) for c in f.components]
+    untouched = all(v == d or (v in (None, "") and d in (None, "")) for v, d in zip(values, defaults))
+    if current is None and untouched:
+        return gr.skip()
     return draft_service.pack(f.keys, values)
 
 

@@ -41,7 +41,7 @@ def build() -> ModelStep:
         with gr.Column(scale=3):
             bundled = gr.Dropdown(choices, value=choices[0][1] if choices else None, label=t("model.bundled"),
                                   info=t("model.bundled.info"), elem_id="model-bundled")
-            custom = gr.Textbox(label=t("model.custom"), info=t("model.custom.info"),
+            custom = gr.Textbox(value="", label=t("model.custom"), info=t("model.custom.info"),
                                 placeholder=t("model.custom.placeholder"), elem_id="model-custom")
             trust = gr.Checkbox(False, label=t("model.trust"))
             check = gr.Button(t("model.check"), variant="secondary", elem_id="model-check")
