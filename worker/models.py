@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from app.registry.catalog import BUNDLED_MODELS, BundledModel, bundled_model
+from app.registry.catalog import BUNDLED_MODELS, BundledModel, bundled_model, pickled_weights_only
 
 SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -133,29 +133,6 @@ def position_limit(ref: str, trust_remote_code: bool = False) -> int | None:
             offset = (config.pad_token_id or 0) + 1 if getattr(config, "model_type", "") in ("roberta", "xlm-roberta") else 0
             return value - offset
     return None
-
-
-PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
-
-
-def pickled_weights_only(folder: Path) -> str | None:
-    """Why a model folder cannot be loaded, when its weights exist only as pickles; else None.
-
-    Unpickling a file can run any code in it, so weights are read from safetensors only; a folder
-    with only ``pytorch_model.bin`` is refused with the way out, never with torch's hint to turn
-    ``weights_only`` off.
-    """
-    if not folder.is_dir() or any(folder.glob("*.safetensors")):
-        return None
-    pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern))
-    if not pickles:
-        return None
-    return (
-        f"model.name: {folder} holds only pickled PyTorch weights ({', '.join(pickles[:3])}); TuneStudio reads "
-        "safetensors only, because unpickling a file can run code. Convert it once, in an environment you "
-        f"trust: python -c \"from transformers import AutoModel; AutoModel.from_pretrained('{folder}')"
-        f".save_pretrained('{folder}-safetensors')\" and choose the new folder"
-    )
 
 
 def load_model(

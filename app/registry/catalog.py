@@ -7,6 +7,7 @@ loading and the one-time GGUF conversion live in ``worker/models.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -50,3 +51,26 @@ def bundled_model(name: str) -> BundledModel | None:
         if key in (entry.name.lower(), f"bundled:{entry.name.lower()}"):
             return entry
     return None
+
+
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def pickled_weights_only(folder: Path) -> str | None:
+    """Why a model folder cannot be loaded, when its weights exist only as pickles; else None.
+
+    Unpickling a file can run any code in it, so weights are read from safetensors only; a folder
+    with only ``pytorch_model.bin`` is refused with the way out, never with torch's hint to turn
+    ``weights_only`` off.
+    """
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return None
+    pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern))
+    if not pickles:
+        return None
+    return (
+        f"model.name: {folder} holds only pickled PyTorch weights ({', '.join(pickles[:3])}); TuneStudio reads "
+        "safetensors only, because unpickling a file can run code. Convert it once, in an environment you "
+        f"trust: python -c \"from transformers import AutoModel; AutoModel.from_pretrained('{folder}')"
+        f".save_pretrained('{folder}-safetensors')\" and choose the new folder"
+    )

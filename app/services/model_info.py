@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.registry.catalog import BUNDLED_MODELS, bundled_model
+from app.registry.catalog import BUNDLED_MODELS, bundled_model, pickled_weights_only
 from app.registry.spec import looks_like_path
 from app.services.estimate import MemoryEstimate, ModelShape, estimate_training_memory, human_count
-from worker.models import pickled_weights_only
 
 SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
