@@ -34,10 +34,12 @@ serve: setup
 
 test: setup chromium
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # `make lock`: re-resolve every lock to the newest versions pyproject.toml allows (minus locks/holds.txt),
 # reinstall, then run the whole suite; an upgrade lands only if this is green. `make relock` only resolves.

@@ -15,7 +15,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.settings import Settings, SettingsError, parse_port
+from app.core.errors import describe
+from app.core.settings import Settings, SettingsError, parse_port
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,10 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI reports every error as one clear line
-        name = type(exc).__name__
-        known = {"SpecError", "DataError", "SettingsError", "RunNotFound", "RunActive", "NoAdapter",
-                 "DatasetNotFound", "DatasetInUse", "UploadTooLarge", "FileNotFoundError"}
-        print(f"error: {exc}" if name in known else f"error: {name}: {exc}", file=sys.stderr)
+        print(f"error: {describe(exc)}", file=sys.stderr)
         return 1
 
 
@@ -94,7 +92,7 @@ def _ctx(settings: Settings):
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
-    from app.registry.spec import RunSpec
+    from app.core.spec import RunSpec
     from app.services import create_run
 
     spec = RunSpec.load(args.spec)
@@ -258,7 +256,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from app.registry.db import Registry
 
     Registry(settings.database_url).dispose()  # apply migrations before taking work
-    from worker.celery_app import TRAIN_QUEUE, app
+    from app.core.contract import TRAIN_QUEUE
+    from worker.celery_app import app
 
     app.worker_main([
         "worker", "--pool=solo", "--concurrency=1", f"--queues={TRAIN_QUEUE}", f"--hostname=tunestudio-{args.name}@%h",

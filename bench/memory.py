@@ -97,8 +97,8 @@ def run_case(model: str, recipe: str, seq_len: int, batch: int, steps: int) -> d
     import transformers  # noqa: F401
 
     import tuners  # noqa: F401
-    from app.registry.spec import RunSpec
-    from app.settings import Settings
+    from app.core.settings import Settings
+    from app.core.spec import RunSpec
     from worker.engine import MemoryReporter, train
 
     task, targets = MODELS[model]
@@ -221,8 +221,8 @@ def main() -> None:
             OUT.write_text(json.dumps(saved, indent=2) + "\n")
         return
 
-    from app.settings import Settings
-    from worker.models import ensure_smollm2
+    from app.core.models import ensure_smollm2
+    from app.core.settings import Settings
 
     ensure_smollm2(Settings.from_env().models_dir)  # the one-off GGUF conversion stays out of the figures
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", PYTHONPATH=str(ROOT),

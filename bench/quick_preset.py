@@ -66,20 +66,22 @@ def spec_for(peft_type: str, task: str, model: str, dataset: str, steps: int | N
 def majority_share(model: str, dataset: str, work: Path) -> float:
     """The majority class's share of the validation split the engine evaluates on (same seed, same
     preparation as every run here), i.e. the accuracy of always answering the commonest label."""
-    from app.registry.spec import RunSpec
-    from worker.engine import MemoryReporter, _prepare_data, resolve_dataset_file
-    from worker.models import load_tokenizer, resolve_model
+    from app.core.models import load_tokenizer, resolve_model
+    from app.core.spec import RunSpec
+    from app.data.pipeline import prepare_for_run
+    from app.data.sources import resolve_dataset_file
+    from worker.engine import MemoryReporter
 
     spec = RunSpec.from_dict(spec_for("LORA", "cls", model, dataset, None))
     tokenizer = load_tokenizer(resolve_model(spec.model.name, work / "models"), False)
-    prepared, _ = _prepare_data(spec, tokenizer, resolve_dataset_file, MemoryReporter())
+    prepared, _ = prepare_for_run(spec, tokenizer, resolve_dataset_file, MemoryReporter().log)
     labels = Counter(int(e.get("label", e.get("labels"))) for e in prepared.eval)
     return max(labels.values()) / sum(labels.values())
 
 
 def run_one(peft_type: str, task: str, model: str, dataset: str, work: Path, steps: int | None,
             lr: float | None = None) -> dict:
-    from app.registry.spec import RunSpec
+    from app.core.spec import RunSpec
     from worker.engine import MemoryReporter, train
 
     row: dict = {"method": peft_type, "task": task}
@@ -117,8 +119,8 @@ def main() -> int:
     import torch
 
     import tuners
+    from app.data.bundled import write_chatterbot, write_drug_reviews
     from tests.engine.helpers import save_tiny_model
-    from worker.data.bundled import write_chatterbot, write_drug_reviews
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     methods = args.methods.split(",") if args.methods else list(tuners.METHODS)

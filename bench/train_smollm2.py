@@ -23,10 +23,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.registry.spec import RunSpec  # noqa: E402
-from app.settings import Settings  # noqa: E402
+from app.core.models import ensure_smollm2  # noqa: E402
+from app.core.settings import Settings  # noqa: E402
+from app.core.spec import RunSpec  # noqa: E402
 from worker.engine import MemoryReporter, train  # noqa: E402
-from worker.models import ensure_smollm2  # noqa: E402
 
 
 def chat_pairs(limit: int) -> list[dict]:

@@ -15,7 +15,7 @@ def _url() -> str:
     x_args = context.get_x_argument(as_dictionary=True)
     url = x_args.get("url") or config.get_main_option("sqlalchemy.url")
     if not url:
-        from app.settings import Settings
+        from app.core.settings import Settings
 
         url = Settings.from_env().database_url
     return url

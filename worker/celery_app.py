@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from celery import Celery
 
-from app.settings import Settings
-
-TRAIN_QUEUE = "training"
+from app.core.contract import TRAIN_QUEUE, TRAIN_TASK
+from app.core.settings import Settings
 
 
 def make_celery(settings: Settings) -> Celery:
     app = Celery("tunestudio", broker=settings.broker_url, include=["worker.tasks"])
     app.conf.update(
-        task_routes={"worker.tasks.train_run": {"queue": TRAIN_QUEUE}},
+        task_routes={TRAIN_TASK: {"queue": TRAIN_QUEUE}},
         task_default_queue=TRAIN_QUEUE,
         task_acks_late=True,
         task_reject_on_worker_lost=False,

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app.settings import Settings
+from app.core.settings import Settings
 
 
 def exit_with_parent(parent_pid: int, interval: float = 2.0) -> None:

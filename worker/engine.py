@@ -18,7 +18,9 @@ from typing import Any, Protocol
 
 import torch
 
-from app.registry.spec import RunSpec
+from app.core.spec import RunSpec, SpecError
+from app.data.pipeline import prepare_for_run
+from app.data.sources import DatasetResolver, resolve_dataset_file
 
 # Batches a data-driven method (FishMask) sees before training to choose what it trains.
 CALIBRATION_BATCHES = 8
@@ -85,109 +87,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------------------- data
-DatasetResolver = Callable[[str | int], Path]
-
-
-def resolve_dataset_file(ref: str | int, registered: Callable[[int], Path] | None = None) -> Path:
-    """A registered dataset id, ``bundled:<name>``, or a file path -> the file to read."""
-    from app.services.runs import dataset_id_of
-
-    dataset_id = dataset_id_of(ref)
-    if dataset_id is not None:
-        if registered is None:
-            raise ValueError(f"data.dataset: dataset id {dataset_id} given but no registry to look it up")
-        return registered(dataset_id)
-    text = str(ref)
-    if text.startswith("bundled:"):
-        from worker.data import bundled_datasets
-
-        wanted = text[len("bundled:"):]
-        for item in bundled_datasets():
-            name = getattr(item, "name", None) or (item.get("name") if isinstance(item, dict) else None)
-            if name == wanted:
-                path = getattr(item, "path", None) or item.get("path")
-                return Path(path)
-        raise ValueError(f"data.dataset: no bundled dataset named {wanted!r}")
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"data.dataset: no such file {text!r}")
-    return path
-
-
-def _prepare_data(
-    spec: RunSpec, tokenizer: Any, resolver: DatasetResolver, reporter: Reporter, max_positions: int | None = None
-) -> tuple[Any, str]:
-    """Read, map, check and tokenize the data; returns the prepared examples and the task type."""
-    from worker import data as wd
-
-    def read(ref: str | int) -> Any:
-        table = wd.read_table(resolver(ref))
-        if spec.data.max_rows is not None and len(table.rows) > spec.data.max_rows:
-            table.rows = table.rows[: spec.data.max_rows]
-        return table
-
-    table = read(spec.data.dataset)
-    val_table = read(spec.data.validation) if spec.data.validation is not None else None
-    if spec.data.shape == "auto" or not spec.data.mapping:
-        detection = wd.detect_shape(table)
-        shape = detection.shape if spec.data.shape == "auto" else _shape(wd, spec.data.shape)
-        mapping = dict(spec.data.mapping or (detection.mapping if shape == detection.shape else {}))
-        reporter.log(f"data: detected shape {_name(detection.shape)} mapping {detection.mapping} "
-                     f"(confidence {detection.confidence:.2f})")
-    else:
-        shape, mapping = _shape(wd, spec.data.shape), dict(spec.data.mapping)
-    wd.validate_mapping(table, shape, mapping)
-    task = spec.task
-    if not spec.task_is_fixed:
-        task = "SEQ_CLS" if _name(shape) in ("classification", "pair_classification") else "CAUSAL_LM"
-    max_length = spec.data.max_length
-    if max_positions is not None and max_length > max_positions:
-        reporter.log(f"data: max_length {max_length} is longer than the model's {max_positions} positions; "
-                     f"using {max_positions}")
-        max_length = max_positions
-    options = wd.PrepareOptions(
-        max_length=max_length, packing=spec.data.packing, val_fraction=spec.data.val_fraction,
-        seed=spec.training.seed, dedupe=spec.data.dedupe, task=task,
-    )
-    prepared = wd.prepare(table, shape, mapping, tokenizer, options, val_table=val_table)
-    reporter.log(data_summary(prepared.stats, table.source, len(prepared.train), len(prepared.eval)))
-    if not prepared.train:
-        raise ValueError("data: no training examples left after preparation")
-    return prepared, task
-
-
-def data_summary(stats: dict[str, Any], source: str, n_train: int, n_eval: int) -> str:
-    """The run log's data line. Its training / validation row figures are the data preview's
-    (repeats removed, then split by ``split_sizes``); rows dropped afterwards are counted apart."""
-    line = (f"data: {stats.get('train_rows', n_train):,} training / {stats.get('eval_rows', n_eval):,} "
-            f"validation rows from {source} (shape {stats.get('shape')})")
-    repeats = stats.get("duplicates_removed") or 0
-    if repeats:
-        line += f"; {repeats:,} exact repeats removed"
-    dropped = stats.get("dropped") or 0
-    if dropped:
-        line += f"; {dropped:,} dropped (nothing to learn after truncation, or a label unseen in training)"
-    if dropped or stats.get("packed"):
-        line += f"; {stats.get('examples_train', n_train):,} / {n_eval:,} examples"
-    if stats.get("packed"):
-        line += f", packed into {n_train:,} blocks"
-    return line
-
-
-def _shape(wd: Any, value: str) -> Any:
-    shape_type = getattr(wd, "Shape", None)
-    if shape_type is None:
-        return value
-    try:
-        return shape_type(value)
-    except ValueError:
-        return shape_type[value.upper()]
-
-
-def _name(shape: Any) -> str:
-    return str(getattr(shape, "value", shape))
-
-
 def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad token lists into a batch; labels pad with -100 so padding carries no loss."""
     width = max(len(e["input_ids"]) for e in examples)
@@ -261,7 +160,7 @@ def seed_everything(seed: int) -> None:
 
 def pick_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("training.device: cuda requested but no CUDA device is available")
+        raise SpecError("training.device", "cuda requested but no CUDA device is available")
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
@@ -270,7 +169,7 @@ def pick_device(requested: str) -> torch.device:
 def use_bf16(setting: bool | str, device: torch.device) -> bool:
     supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
     if setting is True and not supported:
-        raise ValueError("training.bf16: bf16 autocast needs a CUDA device that supports bfloat16")
+        raise SpecError("training.bf16", "bf16 autocast needs a CUDA device that supports bfloat16")
     return supported and setting in (True, "auto")
 
 
@@ -284,7 +183,7 @@ def train(
 ) -> TrainResult:
     """Run the whole spec; raises :class:`Cancelled` if the reporter asks to stop between steps."""
     import tuners
-    from worker.models import load_model, load_tokenizer, position_limit, resolve_model
+    from app.core.models import load_model, load_tokenizer, position_limit, resolve_model
 
     resolver = resolver or resolve_dataset_file
     spec.validate()
@@ -297,7 +196,7 @@ def train(
     ref = resolve_model(spec.model.name, models_dir)
     tokenizer = load_tokenizer(ref, spec.model.trust_remote_code)
     max_positions = position_limit(ref, spec.model.trust_remote_code)
-    prepared, task = _prepare_data(spec, tokenizer, resolver, reporter, max_positions)
+    prepared, task = prepare_for_run(spec, tokenizer, resolver, reporter.log, max_positions)
     label_names = list(prepared.label_names) if prepared.label_names else None
 
     seed_everything(t.seed)
@@ -329,7 +228,7 @@ def train(
                  f"({100 * trainable / max(total, 1):.3f}%) on {device.type}{' with bf16 autocast' if bf16 else ''}")
     params = [p for p in tuned.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("method: the adapter has no trainable parameters for this model")
+        raise SpecError("method", "the adapter has no trainable parameters for this model")
     peft_ok, reason = tuned.method.peft_loads(tuned, tuned.active_adapter)
     if not peft_ok:
         reporter.log(f"method: note: {reason}; the adapter will load with TuneStudio's tuners only")
@@ -424,8 +323,8 @@ def train(
                 if loss_term is not None:
                     loss = loss + loss_term(tuned, adapter_name)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"training: the loss became {float(loss)} at step {step + 1}; "
-                                         "lower training.learning_rate")
+                raise SpecError("training.learning_rate", f"the loss became {float(loss)} at step {step + 1}; "
+                                                         "lower the learning rate")
             (loss / t.grad_accum).backward()
             step_loss += float(loss.detach()) / t.grad_accum
         grad_norm = _grad_norm(params, t.max_grad_norm)

@@ -10,12 +10,16 @@ from pathlib import Path
 from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy import update
 
+from app.core.contract import TRAIN_QUEUE, TRAIN_TASK
+from app.core.errors import describe
+from app.core.settings import Settings
+from app.core.spec import RunSpec
+from app.data.errors import DataError
+from app.data.sources import resolve_dataset_file
 from app.registry.db import Registry
 from app.registry.lifecycle import claim_run, finish_run, log
 from app.registry.models import Artifact, Dataset, MetricPoint, Run
-from app.registry.spec import RunSpec
-from app.settings import Settings
-from worker.celery_app import TRAIN_QUEUE, app
+from worker.celery_app import app
 from worker.heartbeat import Heartbeat, Reaper
 
 logger = logging.getLogger(__name__)
@@ -79,14 +83,12 @@ def execute_run(run_id: int, settings: Settings, registry: Registry) -> str:
                     with registry.session() as s:
                         row = s.get(Dataset, dataset_id)
                     if row is None:
-                        raise LookupError(f"data.dataset: no registered dataset with id {dataset_id}")
+                        raise DataError("no_source", f"no registered dataset with id {dataset_id}", field="data.dataset")
                     return Path(row.path)
-
-                from worker.engine import resolve_dataset_file
 
                 result = train(
                     spec, settings.run_dir(run_id), reporter, settings.models_dir,
-                    resolver=lambda ref: resolve_dataset_file(ref, registered),
+                    resolver=lambda ref: resolve_dataset_file(ref, registered, settings.bundled_dir),
                 )
                 with registry.session() as s:
                     finish_run(s, run_id, "succeeded")
@@ -98,7 +100,7 @@ def execute_run(run_id: int, settings: Settings, registry: Registry) -> str:
                     finish_run(s, run_id, "cancelled")
                 return "cancelled"
             except Exception as exc:  # noqa: BLE001 - every failure is recorded on the run
-                message = _describe(exc)
+                message = describe(exc)
                 reporter.log(message, "error")
                 reporter.log(traceback.format_exc(limit=8), "debug")
                 with registry.session() as s:
@@ -106,14 +108,8 @@ def execute_run(run_id: int, settings: Settings, registry: Registry) -> str:
                 return "failed"
     except BaseException as exc:
         with registry.session() as s:
-            finish_run(s, run_id, "failed", f"worker stopped: {_describe(exc)}")
+            finish_run(s, run_id, "failed", f"worker stopped: {describe(exc)}")
         raise
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    known = ("SpecError", "DataError", "ModelError", "ConfigError", "FileNotFoundError", "LookupError")
-    return text if type(exc).__name__ in known else f"{type(exc).__name__}: {text}"
 
 
 class _WorkerState:
@@ -153,7 +149,7 @@ def _on_worker_shutdown(**_: object) -> None:
         _state.reaper.stop()
 
 
-@app.task(name="worker.tasks.train_run", acks_late=True, ignore_result=True)
+@app.task(name=TRAIN_TASK, acks_late=True, ignore_result=True)
 def train_run(run_id: int) -> str:
     settings = Settings.from_env()
     settings.ensure_dirs()

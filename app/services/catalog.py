@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.registry.catalog import BUNDLED_MODELS, bundled_model
+from app.core.catalog import BUNDLED_MODELS, bundled_model
 from app.services.context import Context
 
 __all__ = ["ModelEntry", "bundled_model", "list_bundled_datasets", "list_methods", "list_models"]
@@ -46,6 +46,6 @@ def list_methods() -> list[dict[str, Any]]:
 
 
 def list_bundled_datasets() -> list[Any]:
-    from worker.data import bundled_datasets
+    from app.data import bundled_datasets
 
     return list(bundled_datasets())

@@ -6,11 +6,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from app.core.settings import Settings
 from app.registry.db import Registry
-from app.settings import Settings
-
-TRAIN_TASK = "worker.tasks.train_run"
-TRAIN_QUEUE = "training"
 
 
 @dataclass

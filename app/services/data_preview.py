@@ -1,6 +1,6 @@
 """The data step's view of a file: register it, detect its shape, preview rows and token lengths.
 
-A thin wrapper over ``worker.data`` (the parsing rules live there) and ``app.services.datasets``
+A thin wrapper over ``app.data`` (the parsing rules live there) and ``app.services.datasets``
 (where files are stored). Every failure comes back as a message naming the file, line and field.
 """
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.core.refs import dataset_id_of
 from app.services import datasets
 from app.services.context import Context
 
@@ -35,14 +36,14 @@ class DataPreview:
 
 
 def shapes() -> list[str]:
-    from worker.data.shapes import SHAPES
+    from app.data.shapes import SHAPES
 
     return [getattr(s, "value", s) for s in SHAPES]
 
 
 def roles_for(shape: str) -> list[str]:
     """The fields a shape maps columns onto (e.g. instruction/input/output)."""
-    from worker.data.shapes import ROLES
+    from app.data.shapes import ROLES
 
     return list(ROLES.get(shape, {}))
 
@@ -60,14 +61,14 @@ DEMO_DESCRIPTIONS = {
 
 def bundled_choices() -> list[tuple[str, str]]:
     """(label, name) of the offline demo datasets."""
-    from worker.data import bundled_datasets
+    from app.data import bundled_datasets
 
     return [(f"{name}: {DEMO_DESCRIPTIONS.get(name, '')}".rstrip(": "), name) for name in bundled_datasets()]
 
 
 def register_bundled(ctx: Context, name: str) -> datasets.DatasetView:
     """Write a demo dataset as an ordinary file inside the artifacts folder and register it like an upload."""
-    from worker.data import bundled_datasets
+    from app.data import bundled_datasets
 
     writers = bundled_datasets()
     if name not in writers:
@@ -79,20 +80,13 @@ def register_bundled(ctx: Context, name: str) -> datasets.DatasetView:
 
 
 def _table_for(ctx: Context, ref: str):
-    from worker.data import Limits, read_table
+    from app.data import Limits, read_table
 
-    dataset_id = _dataset_id(ref)
+    dataset_id = dataset_id_of(ref)
     if dataset_id is not None:
         view = datasets.get_dataset(ctx, dataset_id)
         return read_table(view.path, name=view.name, limits=Limits(max_bytes=ctx.settings.max_upload_bytes)), view.name
     raise LookupError(f"{ref!r} is not a registered dataset (expected dataset:N)")
-
-
-def _dataset_id(ref: str) -> int | None:
-    text = str(ref)
-    if text.startswith("dataset:"):
-        text = text[len("dataset:"):]
-    return int(text) if text.isdigit() else None
 
 
 def preview(
@@ -100,7 +94,7 @@ def preview(
     tokenizer: Any = None, max_length: int = 512,
 ) -> DataPreview:
     """Detect (or apply the user's) shape and mapping, and compute the preview statistics."""
-    from worker.data import DataError, detect_shape, validate_mapping
+    from app.data import DataError, detect_shape, validate_mapping
 
     table, name = _table_for(ctx, ref)
     detection = detect_shape(table)
@@ -132,13 +126,13 @@ def label_names(ctx: Context, ref: str | None, shape: str | None, mapping: dict[
     """The classes a classification run on this data will have, by the engine's own rule
     (``label_names_of`` over every row), so the method step's trainable count sizes the head as the run
     does; None for other shapes or when the data cannot be read (the data step shows that problem)."""
-    from worker.data import normalise_rows
-    from worker.data.prepare import label_names_of
+    from app.data import normalise_rows
+    from app.data.prepare import label_names_of
 
     if not ref or shape not in ("classification", "pair_classification"):
         return None
     try:
-        dataset_id = _dataset_id(ref)
+        dataset_id = dataset_id_of(ref)
         view = datasets.get_dataset(ctx, dataset_id) if dataset_id is not None else None
         if view is None:
             return None
@@ -155,14 +149,14 @@ def label_names(ctx: Context, ref: str | None, shape: str | None, mapping: dict[
 
 
 def _detected_mapping(table: Any, shape: str) -> dict[str, str]:
-    from worker.data import detect_shape
+    from app.data import detect_shape
 
     detection = detect_shape(table)
     return dict(detection.mapping) if str(getattr(detection.shape, "value", detection.shape)) == shape else {}
 
 
 def statistics(table: Any, shape: str, mapping: dict[str, str], tokenizer: Any, max_length: int):
-    from worker.data import length_histogram_png, preview_stats
+    from app.data import length_histogram_png, preview_stats
 
     stats = preview_stats(table, shape, mapping, tokenizer, max_length)
     return stats, length_histogram_png(stats)
@@ -170,8 +164,8 @@ def statistics(table: Any, shape: str, mapping: dict[str, str], tokenizer: Any, 
 
 def split_figures(stats: dict[str, Any], val_fraction: float = 0.0, dedupe: bool = True) -> tuple[int, int]:
     """(training, validation) rows as the engine will split them: repeats removed first, then the
-    engine's own rule (``worker.data.prepare.split_sizes``), so the figures match the run log exactly."""
-    from worker.data.prepare import split_sizes
+    engine's own rule (``app.data.prepare.split_sizes``), so the figures match the run log exactly."""
+    from app.data.prepare import split_sizes
 
     rows = int(stats.get("rows", 0))
     used = rows - int(stats.get("duplicates") or 0) if dedupe else rows

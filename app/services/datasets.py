@@ -1,6 +1,6 @@
 """Datasets: uploads are checked, copied into the artifacts store (content-addressed) and registered.
 
-Parsing is the data package's job (``worker.data``); this module only decides where a file lives
+Parsing is the data package's job (``app.data``); this module only decides where a file lives
 and what the registry remembers about it (sha256, format, rows, columns, detected shape).
 """
 
@@ -18,20 +18,22 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.core.errors import UserError
+from app.core.refs import dataset_id_of
 from app.registry.ids import issue_id
 from app.registry.models import ACTIVE_STATUSES, Dataset, Run
 from app.services.context import Context
 
 
-class DatasetNotFound(LookupError):
+class DatasetNotFound(UserError, LookupError):
     pass
 
 
-class DatasetInUse(RuntimeError):
+class DatasetInUse(UserError, RuntimeError):
     """A queued or running run still reads the dataset: deleting it would fail that run."""
 
 
-class UploadTooLarge(ValueError):
+class UploadTooLarge(UserError, ValueError):
     pass
 
 
@@ -54,7 +56,7 @@ def add_dataset(ctx: Context, path: str | Path, name: str | None = None) -> Data
 
     The same bytes uploaded twice give the same stored file and the existing row.
     """
-    from worker.data import Limits, detect_shape, read_table
+    from app.data import Limits, detect_shape, read_table
 
     source = Path(path)
     if not source.is_file():
@@ -102,7 +104,6 @@ def get_dataset(ctx: Context, dataset_id: int) -> DatasetView:
 
 def runs_using(session: Session, dataset_id: int, statuses: tuple[str, ...] = ACTIVE_STATUSES) -> list[Run]:
     """Runs whose spec reads the dataset (as training or validation data), in the given statuses."""
-    from app.services.runs import dataset_id_of
 
     runs = session.scalars(select(Run).where(Run.status.in_(statuses)).order_by(Run.id))
     return [r for r in runs if any(

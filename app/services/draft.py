@@ -7,14 +7,13 @@ them, and only values a choice field still offers. Anything else is dropped, nev
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from app.registry.catalog import bundled_model
-from app.registry.spec import RunSpec
+from app.core.catalog import bundled_model
+from app.core.spec import RunSpec
 from app.services.data_preview import roles_for
 from app.services.method_form import describe_method
 from app.services.wizard import PRECISION_TO_BF16, QUANT_TO_SPEC
@@ -59,11 +58,6 @@ def has_values(draft: Any) -> bool:
 def one_of(choices: Iterable[Any]) -> Callable[[Any], bool]:
     allowed = list(choices)
     return lambda value: value in allowed
-
-
-def dataset_ref(value: Any) -> bool:
-    """Only a registered dataset comes back from a draft, never a path."""
-    return isinstance(value, str) and re.fullmatch(r"dataset:\d+", value) is not None
 
 
 def from_spec(spec: RunSpec, run_id: int) -> dict[str, Any]:

@@ -8,11 +8,12 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from app.core.errors import UserError
 from app.services.context import Context
 from app.services.runs import get_run
 
 
-class NoAdapter(LookupError):
+class NoAdapter(UserError, LookupError):
     """The run has no saved adapter (not finished, failed, or cancelled)."""
 
 

@@ -19,6 +19,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from app.core.errors import UserError
 from app.services import runs
 from app.services.context import Context
 
@@ -29,7 +30,7 @@ Progress = Callable[[str, int], None]  # (stage, megabytes it handles; 0 when un
 _STORED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
-class NotMergeable(RuntimeError):
+class NotMergeable(UserError, RuntimeError):
     pass
 
 

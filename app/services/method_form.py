@@ -247,7 +247,7 @@ def config_values(config: AdapterConfig) -> dict[str, Any]:
 def meta_model(model_config: Any, task_type: str = "CAUSAL_LM", label_names: list[str] | None = None):
     """The model built on the meta device: its structure and parameter shapes, no memory, no weights.
 
-    ``label_names`` sizes a classification head as the engine does (``worker.models.classification_head``).
+    ``label_names`` sizes a classification head as the engine does (``app.core.models.classification_head``).
     """
     import copy
 
@@ -265,7 +265,7 @@ def meta_model(model_config: Any, task_type: str = "CAUSAL_LM", label_names: lis
     cls = classes.get(task_type, transformers.AutoModel)
     model_config = copy.deepcopy(model_config)
     if task_type == "SEQ_CLS" and label_names:
-        from worker.models import classification_head
+        from app.core.models import classification_head
 
         for key, value in classification_head(label_names).items():
             setattr(model_config, key, value)

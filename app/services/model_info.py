@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.registry.catalog import BUNDLED_MODELS, bundled_model, pickled_weights_only
-from app.registry.spec import looks_like_path
+from app.core.catalog import BUNDLED_MODELS, bundled_model, pickled_weights_only
+from app.core.errors import UserError
+from app.core.spec import looks_like_path
 from app.services.estimate import MemoryEstimate, ModelShape, estimate_training_memory, human_count
 
 SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -29,7 +30,7 @@ ARCH_TASKS = (
 )
 
 
-class ModelNotFound(LookupError):
+class ModelNotFound(UserError, LookupError):
     pass
 
 

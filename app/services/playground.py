@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from app.core.errors import UserError
 from app.services import runs
 from app.services.context import Context
 
@@ -36,7 +37,7 @@ CHAT, PLAIN, SOURCE = "chat", "plain", "source"
 _PLAIN_SHAPES = ("text", "prompt_completion")
 
 
-class PlaygroundError(RuntimeError):
+class PlaygroundError(UserError, RuntimeError):
     pass
 
 
@@ -114,7 +115,7 @@ def _detected_shape(ctx: Context, run_id: int) -> str | None:
 
 def load_run(ctx: Context, run_id: int) -> Loaded:
     import tuners
-    from worker.models import load_model, load_tokenizer, resolve_model
+    from app.core.models import load_model, load_tokenizer, resolve_model
 
     run = runs.get_run(ctx, run_id)
     if not run.adapter_path or not Path(run.adapter_path).is_dir():
@@ -150,7 +151,7 @@ def conversation(history: list[dict] | None, prompt: str) -> list[dict]:
 def chat_prompt(tokenizer: Any, history: list[dict] | None, prompt: str, style: str = CHAT) -> str:
     """The conversation rendered as the run's training rendered its data, ending where the model
     should answer."""
-    from worker.data import render_chat
+    from app.data import render_chat
 
     messages = conversation(history, prompt)
     if style == PLAIN:

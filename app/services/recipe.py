@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from app.registry.spec import RunSpec
+from app.core.spec import RunSpec
 
 
 def _method_name(peft_type: str) -> str:

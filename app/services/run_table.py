@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.core.refs import dataset_id_of
 from app.services import datasets, monitor, recipe, runs
 from app.services.context import Context
 
@@ -53,7 +54,7 @@ def dataset_name(ctx: Context, ref, cache: dict[str, str]) -> str:
     """A registered dataset's file name instead of its id (``dataset:3`` -> ``reviews.csv``)."""
     ref = str(ref)
     if ref not in cache:
-        dataset_id = runs.dataset_id_of(ref)
+        dataset_id = dataset_id_of(ref)
         try:
             cache[ref] = datasets.get_dataset(ctx, dataset_id).name if dataset_id is not None else ref
         except datasets.DatasetNotFound:

@@ -14,20 +14,23 @@ from typing import Any
 
 from sqlalchemy import delete, func, select, update
 
+from app.core.contract import TRAIN_QUEUE, TRAIN_TASK
+from app.core.errors import UserError
+from app.core.refs import BUNDLED_PREFIX, dataset_id_of
+from app.core.settings import Settings
+from app.core.spec import RunSpec, SpecError
 from app.registry.ids import issue_id
 from app.registry.lifecycle import finish_run, give_up_unclaimed, reap_lost_runs, request_cancel
 from app.registry.models import ACTIVE_STATUSES, Artifact, Dataset, LogLine, MetricPoint, Run, utcnow
-from app.registry.spec import RunSpec, SpecError
-from app.services.context import TRAIN_QUEUE, TRAIN_TASK, Context
-from app.settings import Settings
+from app.services.context import Context
 
 
-class RunNotFound(LookupError):
+class RunNotFound(UserError, LookupError):
     def __init__(self, run_id: int) -> None:
         super().__init__(f"no run with id {run_id}")
 
 
-class RunActive(RuntimeError):
+class RunActive(UserError, RuntimeError):
     """The run is queued or training; cancel it first."""
 
 
@@ -110,7 +113,7 @@ def checked_data_path(settings: Settings, ref: str | int, field: str, base_dir: 
     Registered (``dataset:N``) and bundled (``bundled:name``) references pass unchanged. Symlinks are
     resolved first, so a link inside a root cannot lead outside it.
     """
-    if dataset_id_of(ref) is not None or str(ref).startswith("bundled:"):
+    if dataset_id_of(ref) is not None or str(ref).startswith(BUNDLED_PREFIX):
         return ref
     raw = Path(str(ref)).expanduser()
     path = (raw if raw.is_absolute() else (base_dir or Path.cwd()) / raw).resolve()
@@ -135,16 +138,6 @@ def run_disk_bytes(ctx: Context, run_id: int) -> int:
     if not folder.is_dir():
         return 0
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
-
-
-def dataset_id_of(ref: str | int) -> int | None:
-    """A registered dataset is referenced as ``3`` or ``"dataset:3"``; anything else is a file or bundled name."""
-    if isinstance(ref, int):
-        return ref
-    text = str(ref).strip()
-    if text.startswith("dataset:"):
-        text = text[len("dataset:"):]
-    return int(text) if text.isdigit() else None
 
 
 def list_runs(ctx: Context, status: str | list[str] | None = None, limit: int = 200) -> list[RunView]:

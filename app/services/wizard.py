@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import tuners
-from app.registry.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
+from app.core.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
 from app.services.method_form import build_config, config_values
 
 # Presets scale how long and how wide a run is; the learning rate is the chosen method's own

@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 
+from app.core.refs import is_registered_ref
 from app.services import draft as draft_service
 
 STORAGE_KEY = "tunestudio-wizard-draft"
@@ -52,7 +53,7 @@ def fields(ms, ds, me, ts, at_step: gr.State) -> DraftFields:
     derived = [("model.info", ms.info), ("data.shape", ds.shape), *((f"data.role.{i}", r) for i, r in enumerate(ds.roles))]
     keys = [k for k, _ in named] + [k for k, _ in derived]
     components = [c for _, c in named] + [c for _, c in derived]
-    accept: dict[str, Any] = {"data.ref": draft_service.dataset_ref,
+    accept: dict[str, Any] = {"data.ref": is_registered_ref,
                               "wizard.step": draft_service.one_of(range(4))}
     for key, comp in named:
         if isinstance(comp, gr.Dropdown | gr.Radio) and comp.choices:

@@ -6,7 +6,7 @@ import inspect
 import os
 import signal
 
-from app.settings import Settings
+from app.core.settings import Settings
 
 
 def launch_kwargs(settings: Settings) -> dict:

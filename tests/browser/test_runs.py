@@ -13,10 +13,10 @@ from datetime import timedelta
 import pytest
 from playwright.sync_api import expect
 
+from app.core.settings import Settings
+from app.core.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
 from app.registry.models import LogLine, MetricPoint, Run, utcnow
-from app.registry.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
 from app.services.context import Context
-from app.settings import Settings
 from tests.browser.conftest import shot
 from tests.browser.test_studio import LEGEND_JS, STORED_DRAFT_JS, field, legend_in_view, pick
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from worker.data import DataError, Limits, read_table, validate_mapping
+from app.data import DataError, Limits, read_table, validate_mapping
 
 
 def zipped(members: dict[str, bytes]) -> bytes:

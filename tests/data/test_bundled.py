@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from app.data import PrepareOptions, bundled_datasets, detect_shape, prepare, read_table
+from app.data.bundled import sentiment_of
 from tests.support.tiny_models import tokenizer
-from worker.data import PrepareOptions, bundled_datasets, detect_shape, prepare, read_table
-from worker.data.bundled import sentiment_of
 
 
 def test_drug_reviews_are_three_class_sentiment(tmp_path):

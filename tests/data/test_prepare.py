@@ -8,8 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from tests.support.tiny_models import tokenizer
-from worker.data import (
+from app.data import (
     IGNORE,
     DataError,
     PrepareOptions,
@@ -18,6 +17,7 @@ from worker.data import (
     preview_stats,
     read_table,
 )
+from tests.support.tiny_models import tokenizer
 
 
 def write_jsonl(path, records):
@@ -188,7 +188,7 @@ def test_template_whose_prefixes_do_not_line_up_still_masks_the_answer(tmp_path)
 
 
 def test_store_upload_keeps_good_files_and_nothing_of_bad_ones(tmp_path):
-    from worker.data import store_upload
+    from app.data import store_upload
 
     good = tmp_path / "in" / "tmp123"
     good.parent.mkdir()

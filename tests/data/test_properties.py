@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.data import IGNORE, DataError, PrepareOptions, Table, detect_shape, prepare, read_table
 from tests.support.tiny_models import tokenizer
-from worker.data import IGNORE, DataError, PrepareOptions, Table, detect_shape, prepare, read_table
 
 PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from worker.data import read_table
+from app.data import read_table
 
 ROWS = [{"text": "Café, \"quoted\"\nand multi-line", "label": "pos"}, {"text": "plain", "label": "neg"}]
 

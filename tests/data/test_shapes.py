@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from app.data import IGNORE, PrepareOptions, detect_shape, prepare, read_table
 from tests.support.tiny_models import tokenizer
-from worker.data import IGNORE, PrepareOptions, detect_shape, prepare, read_table
 
 SMOL_SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
 

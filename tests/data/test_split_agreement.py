@@ -1,6 +1,6 @@
 """The data step's training / validation figures are the ones the engine splits and logs.
 
-One rule (``worker.data.prepare.split_sizes`` over the rows left after removing repeats) serves the
+One rule (``app.data.prepare.split_sizes`` over the rows left after removing repeats) serves the
 preview and the engine; before, the preview guessed ("about 46 / 5") and the run log said 45 / 6.
 """
 
@@ -10,12 +10,13 @@ import re
 
 import pytest
 
-from app.registry.spec import RunSpec
+from app.core.settings import Settings
+from app.core.spec import RunSpec
+from app.data.pipeline import prepare_for_run
 from app.services import data_preview
 from app.services.context import Context
-from app.settings import Settings
 from tests.support.tiny_models import tokenizer
-from worker.engine import MemoryReporter, _prepare_data
+from worker.engine import MemoryReporter
 
 
 @pytest.fixture
@@ -53,7 +54,7 @@ def test_preview_split_equals_the_engines(ctx, tmp_path, rows, distinct, fractio
         "method": {"peft_type": "LORA", "target_modules": ["q_proj"]},
     })
     reporter = MemoryReporter()
-    prepared, _ = _prepare_data(spec, tok, lambda ref: path, reporter)
+    prepared, _ = prepare_for_run(spec, tok, lambda ref: path, reporter.log)
     engine = f"{len(prepared.train):,} / {len(prepared.eval):,}"
     assert shown == engine
     logged = next(line for line in reporter.lines if line.startswith("info data: ") and "validation rows" in line)

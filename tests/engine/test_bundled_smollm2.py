@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import tuners
-from app.registry.spec import RunSpec
-from worker.data import bundled_datasets
+from app.core.models import load_model, load_tokenizer, resolve_model
+from app.core.spec import RunSpec
+from app.data import bundled_datasets
 from worker.engine import MemoryReporter, train
-from worker.models import load_model, load_tokenizer, resolve_model
 
 
 @pytest.mark.slow

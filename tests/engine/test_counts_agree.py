@@ -12,15 +12,15 @@ import re
 
 import pytest
 
-from app.registry.spec import RunSpec
+from app.core.models import load_model, load_tokenizer, resolve_model
+from app.core.settings import Settings
+from app.core.spec import RunSpec
 from app.services import data_preview, method_form
 from app.services.context import Context
 from app.services.model_info import describe_model
 from app.services.wizard import task_for
-from app.settings import Settings
 from tests.engine.helpers import write_drug_review_slice
 from worker.engine import Cancelled, MemoryReporter, train
-from worker.models import load_model, load_tokenizer, resolve_model
 
 MINILM = "all-MiniLM-L6-v2"
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tuners
-from app.registry.spec import RunSpec
+from app.core.spec import RunSpec
 from tests.engine.helpers import mapping_spec, save_tiny_model, write_mapping_csv
 from tests.support.tiny_models import tokenizer
 from worker.engine import Cancelled, MemoryReporter, collate, lr_lambda, train
@@ -113,8 +113,8 @@ def test_classification_on_drug_reviews_beats_the_majority_class(tmp_path):
     import csv
     from collections import Counter
 
+    from app.core.models import resolve_model
     from tests.engine.helpers import write_drug_review_slice
-    from worker.models import resolve_model
 
     data = write_drug_review_slice(tmp_path / "reviews.csv", per_class=200, seed=1, classes=("negative", "positive"))
     spec = {

@@ -7,7 +7,7 @@ import re
 import pytest
 
 import worker.engine as engine
-from app.registry.spec import RunSpec, SpecError
+from app.core.spec import RunSpec, SpecError
 from tests.engine.helpers import mapping_spec, save_tiny_model, write_mapping_csv
 from worker.engine import MemoryReporter, eval_plan, step_log_interval, train
 

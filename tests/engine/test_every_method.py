@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import tuners
-from app.registry.spec import RunSpec
+from app.core.spec import RunSpec
 from app.services.method_form import HIDDEN_FIELDS, build_config, config_values, describe_method
 from tests.engine.helpers import mapping_spec, save_tiny_model, write_mapping_csv
 from tests.support.tiny_models import batch

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from app.core.models import ModelError, load_model
 from app.services.model_info import ModelNotFound, describe_model
 from tests.engine.helpers import save_tiny_model
-from worker.models import ModelError, load_model
 
 
 @pytest.fixture

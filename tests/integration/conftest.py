@@ -7,8 +7,8 @@ import psycopg
 import pytest
 import redis
 
+from app.core.settings import Settings
 from app.services import Context, get_run
-from app.settings import Settings
 from tests.engine.helpers import save_tiny_model, write_mapping_csv
 from worker.embedded import EmbeddedWorker
 

@@ -5,8 +5,8 @@ import uuid
 import psycopg
 import pytest
 
+from app.core.settings import Settings
 from app.services import Context
-from app.settings import Settings
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -5,9 +5,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
+from app.core.spec import SpecError
 from app.registry.lifecycle import claim_run, heartbeat
 from app.registry.models import MetricPoint, Run, utcnow
-from app.registry.spec import SpecError
 from app.services import (
     RunActive,
     RunNotFound,
@@ -114,8 +114,8 @@ def test_a_deleted_runs_id_is_never_issued_again(ctx):
 
 @pytest.mark.integration
 def test_a_deleted_runs_id_is_never_issued_again_on_postgresql(tmp_path, pg_url):
+    from app.core.settings import Settings
     from app.services import Context
-    from app.settings import Settings
 
     ctx = Context.open(Settings.from_env({"TUNESTUDIO_HOME": str(tmp_path / "home"),
                                           "TUNESTUDIO_DATABASE_URL": pg_url, "TUNESTUDIO_DATA_ROOTS": str(tmp_path)}))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.registry.spec import RunSpec, SpecError
+from app.core.spec import RunSpec, SpecError
 
 GOOD = """\
 name: tiny
@@ -158,8 +158,8 @@ def _cli(tmp_path, spec_text):
 def test_the_cli_queues_a_spec_that_names_only_lora_with_the_forms_targets(tmp_path):
     """The real ``tunestudio train``: accepted, and the stored spec trains the layers the form picks."""
     import tuners
+    from app.core.settings import Settings
     from app.services import Context, get_run
-    from app.settings import Settings
 
     done = _cli(tmp_path, ONLY_THE_METHOD.format(peft_type="LORA"))
     assert done.returncode == 0, done.stderr
@@ -194,8 +194,8 @@ def test_the_cli_and_the_studio_refuse_a_bad_method_value_in_the_same_words(tmp_
 
 
 def test_the_cli_reads_data_next_to_the_spec_and_stores_it_absolute(tmp_path):
+    from app.core.settings import Settings
     from app.services import Context, get_run
-    from app.settings import Settings
 
     done = _cli(tmp_path, ONLY_THE_METHOD.format(peft_type="LORA").replace("pairs.csv", "./pairs.csv"))
     assert done.returncode == 0, done.stderr
@@ -216,8 +216,8 @@ def test_the_cli_refuses_data_outside_the_allowed_folders_before_queueing(tmp_pa
     else:
         assert f"data.dataset: {dataset} is outside the folders runs may read data from ({tmp_path})" in done.stderr
     assert "queued" not in done.stdout
+    from app.core.settings import Settings
     from app.services import Context, list_runs
-    from app.settings import Settings
 
     ctx = Context.open(Settings.from_env({"TUNESTUDIO_HOME": str(tmp_path / "home")}))
     try:

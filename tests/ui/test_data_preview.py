@@ -2,9 +2,9 @@
 
 import pytest
 
+from app.core.settings import Settings
 from app.services import data_preview
 from app.services.context import Context
-from app.settings import Settings
 from tests.support.tiny_models import tokenizer
 
 

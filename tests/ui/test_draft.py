@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 
+from app.core.refs import is_registered_ref
 from app.services import draft
 
 
@@ -26,7 +27,7 @@ def test_only_known_fields_and_values_a_field_still_accepts_come_back():
 def test_a_dataset_reference_comes_back_but_a_path_never_does():
     for ref, ok in [("dataset:12", True), ("/etc/passwd", False), ("dataset:../../x", False), (3, False)]:
         stored = {"version": draft.DRAFT_VERSION, "values": {"data.ref": ref}}
-        got = draft.unpack(stored, ["data.ref"], {"data.ref": draft.dataset_ref})
+        got = draft.unpack(stored, ["data.ref"], {"data.ref": is_registered_ref})
         assert got == ({"data.ref": ref} if ok else {}), ref
 
 
@@ -81,12 +82,12 @@ def test_a_draft_from_a_run_rebuilds_the_same_spec_through_the_wizard(tmp_path):
 
 
 def test_a_run_whose_data_was_a_file_path_leaves_the_data_step_empty():
-    from app.registry.spec import DataSpec, ModelSpec, RunSpec
+    from app.core.spec import DataSpec, ModelSpec, RunSpec
 
     spec = RunSpec(name="cli", model=ModelSpec(name="SmolLM2-135M-Instruct"),
                    data=DataSpec(dataset="/data/colours.jsonl"), method={"peft_type": "LORA"})
     stored = draft.from_spec(spec, 3)
-    assert draft.unpack(stored, ["data.ref"], {"data.ref": draft.dataset_ref}) == {}
+    assert draft.unpack(stored, ["data.ref"], {"data.ref": is_registered_ref}) == {}
 
 
 def test_restoring_into_a_used_page_sets_every_field_and_forgets_an_old_dataset():
@@ -97,7 +98,7 @@ def test_restoring_into_a_used_page_sets_every_field_and_forgets_an_old_dataset(
     with gr.Blocks():
         fields = draft_ui.DraftFields(
             keys=["data.ref", "train.name", "train.seed"], components=[gr.State(None), gr.Textbox(""), gr.Number(42)],
-            restored=["data.ref", "train.name", "train.seed"], accept={"data.ref": draft.dataset_ref})
+            restored=["data.ref", "train.name", "train.seed"], accept={"data.ref": is_registered_ref})
     stored = draft.pack(["train.name", "train.seed"], ["again", 42])
     on_load = draft_ui.restore(fields, stored, fresh_page=True)
     assert on_load[1] == "again" and all(isinstance(v, type(gr.skip())) for v in (on_load[0], on_load[2]))

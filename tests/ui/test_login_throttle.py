@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from app.settings import Settings
+from app.core.settings import Settings
 from app.ui.login_throttle import LoginThrottle
 from app.ui.server import serve
 from tests.support.studio import free_port

@@ -7,11 +7,11 @@ import torch
 import transformers
 
 import tuners
+from app.core.settings import Settings
+from app.core.spec import DataSpec, ModelSpec, RunSpec
 from app.registry.models import Artifact, Run
-from app.registry.spec import DataSpec, ModelSpec, RunSpec
 from app.services import merged
 from app.services.context import Context
-from app.settings import Settings
 from tests.engine.helpers import save_tiny_model
 from tests.support.tiny_models import batch, tiny_model
 

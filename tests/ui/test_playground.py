@@ -70,7 +70,7 @@ HISTORY = [{"role": "user", "content": "What colour is the sky?"},
 
 
 def test_chat_prompt_renders_the_history_with_the_training_template():
-    from worker.data import render_chat
+    from app.data import render_chat
 
     tok = tokenizer("llama")
     text = playground.chat_prompt(tok, HISTORY, "And the grass?")
@@ -188,10 +188,10 @@ def test_default_run_keeps_the_pick_else_the_newest():
     ("prompt_completion", None, "plain"), ("chat", None, "chat"), ("auto", None, "chat"),
 ])
 def test_prompt_style_follows_the_shape_the_run_trained_on(tmp_path, shape, logged, style):
+    from app.core.settings import Settings
+    from app.core.spec import DataSpec, ModelSpec, RunSpec
     from app.registry.models import LogLine, Run
-    from app.registry.spec import DataSpec, ModelSpec, RunSpec
     from app.services.context import Context
-    from app.settings import Settings
 
     ctx = Context.open(Settings.from_env({"TUNESTUDIO_HOME": str(tmp_path / "home")}))
     try:

@@ -4,10 +4,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from app.core.settings import Settings
 from app.registry.models import MetricPoint, Run
 from app.services import datasets, run_table
 from app.services.context import Context
-from app.settings import Settings
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_filters_by_status_and_text(ctx):
 
 
 def test_recipe_names_variant_quantization_and_key_numbers():
-    from app.registry.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
+    from app.core.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
     from app.services.recipe import method_label, recipe
 
     spec = RunSpec(name="x", model=ModelSpec(name="org/m", precision="nf4"), data=DataSpec(dataset="a.csv"),

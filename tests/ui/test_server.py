@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from app.settings import Settings
+from app.core.settings import Settings
 from app.ui.server import launch_kwargs, serve
 from tests.support.studio import ROOT, Studio, free_port
 

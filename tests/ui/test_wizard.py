@@ -3,7 +3,7 @@
 import pytest
 
 import tuners
-from app.registry.spec import RunSpec, SpecError
+from app.core.spec import RunSpec, SpecError
 from app.services.wizard import (
     PRESETS,
     WizardChoices,

@@ -10,6 +10,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from app.core.refs import registered_ref
 from app.services import data_preview
 from app.ui.labels import t
 
@@ -86,7 +87,7 @@ def register(ctx, path: str | None, original_name: str | None = None) -> tuple[s
         view = data_preview.register_upload(ctx, path, original_name or Path(path).name)
     except Exception as exc:
         return None, error_box(str(exc))
-    return f"dataset:{view.id}", ""
+    return registered_ref(view.id), ""
 
 
 def next_from_data(ctx, ref: str | None, upload_path: str | None) -> tuple[str | None, str | None]:
@@ -111,7 +112,7 @@ def register_demo(ctx, name: str | None) -> tuple[str | None, str]:
         view = data_preview.register_bundled(ctx, name)
     except Exception as exc:
         return None, error_box(str(exc))
-    return f"dataset:{view.id}", ""
+    return registered_ref(view.id), ""
 
 
 def render_preview(prev: data_preview.DataPreview | None, error: str | None = None,

@@ -9,16 +9,16 @@
 Every problem with the user's data is a ``DataError`` with a stable ``code`` and its location.
 """
 
-from worker.data.bundled import bundled_datasets
-from worker.data.chat import DEFAULT_CHAT_TEMPLATE, chat_template_for, render_chat
-from worker.data.errors import CODES, DataError
-from worker.data.histogram import length_histogram_png
-from worker.data.limits import Limits
-from worker.data.prepare import IGNORE, TASKS, Prepared, PrepareOptions, default_task, pack, prepare
-from worker.data.preview import preview_stats
-from worker.data.readers import FORMATS, Table, read_table
-from worker.data.shapes import ROLES, SHAPES, Detection, detect_shape, normalise_rows, validate_mapping
-from worker.data.storage import safe_name, store_upload
+from app.data.bundled import bundled_datasets
+from app.data.chat import DEFAULT_CHAT_TEMPLATE, chat_template_for, render_chat
+from app.data.errors import CODES, DataError
+from app.data.histogram import length_histogram_png
+from app.data.limits import Limits
+from app.data.prepare import IGNORE, TASKS, Prepared, PrepareOptions, default_task, pack, prepare
+from app.data.preview import preview_stats
+from app.data.readers import FORMATS, Table, read_table
+from app.data.shapes import ROLES, SHAPES, Detection, detect_shape, normalise_rows, validate_mapping
+from app.data.storage import safe_name, store_upload
 
 __all__ = [
     "CODES",

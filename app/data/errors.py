@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from app.core.errors import UserError
+
 # Stable codes: the UI, tests and docs key on these; the human message may change.
 CODES = {
     "file_not_found": "the file does not exist",
@@ -35,10 +37,11 @@ CODES = {
     "bad_option": "a preparation option is out of range",
     "no_examples": "no usable example is left",
     "wrong_task": "the shape does not fit the model's task",
+    "no_source": "the dataset reference names nothing that exists",
 }
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A problem with the user's data, with a location and a stable ``code``.
 
     ``str(e)`` is a full sentence for a person: the file, the line or row, the field, what is wrong

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from worker.data.errors import DataError
-from worker.data.readers import Table
+from app.data.errors import DataError
+from app.data.readers import Table
 
 SHAPES = ("instruction", "chat", "prompt_completion", "text", "classification", "pair_classification")
 

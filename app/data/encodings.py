@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 from typing import BinaryIO
 
-from worker.data.errors import DataError
+from app.data.errors import DataError
 
 CHUNK = 1 << 20
 SUPPORTED = ("utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "latin-1")

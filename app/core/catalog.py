@@ -1,7 +1,7 @@
 """The bundled (offline) models: what they are, which tasks they serve, where their files come from.
 
 Pure data, so the spec validator, the services and the worker can all read it without torch;
-loading and the one-time GGUF conversion live in ``worker/models.py``.
+loading and the one-time GGUF conversion live in ``app/core/models.py``.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from worker.data.prepare import outcomes, record_key, tokenize_rows
-from worker.data.readers import Table
-from worker.data.stats import histogram, summarise
+from app.data.prepare import outcomes, record_key, tokenize_rows
+from app.data.readers import Table
+from app.data.stats import histogram, summarise
 
 
 def preview_stats(table: Table, shape: str, mapping: dict[str, str], tokenizer, max_length: int,

@@ -11,11 +11,11 @@ import json
 import random
 from dataclasses import dataclass, field
 
-from worker.data.chat import chat_segments
-from worker.data.errors import DataError
-from worker.data.readers import Table
-from worker.data.shapes import normalise_rows
-from worker.data.stats import summarise
+from app.data.chat import chat_segments
+from app.data.errors import DataError
+from app.data.readers import Table
+from app.data.shapes import normalise_rows
+from app.data.stats import summarise
 
 TASKS = ("CAUSAL_LM", "SEQ_CLS", "SEQ_2_SEQ_LM")
 IGNORE = -100

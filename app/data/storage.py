@@ -9,8 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from worker.data.limits import Limits
-from worker.data.readers import Table, read_table
+from app.data.limits import Limits
+from app.data.readers import Table, read_table
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from worker.data import encodings
-from worker.data.errors import DataError
-from worker.data.limits import Limits
+from app.data import encodings
+from app.data.errors import DataError
+from app.data.limits import Limits
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "txt", "zip")
 _EXTENSIONS = {

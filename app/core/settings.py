@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.core.errors import UserError
+
 GIB = 1024**3
 
 
-class SettingsError(ValueError):
+class SettingsError(UserError, ValueError):
     """An environment variable has a value that cannot be used; the message names it."""
 
 
@@ -51,6 +53,11 @@ class Settings:
     @property
     def exports_dir(self) -> Path:
         return self.artifacts_dir / "exports"
+
+    @property
+    def bundled_dir(self) -> Path:
+        """Where bundled demo datasets named as ``bundled:<name>`` are written for runs."""
+        return self.artifacts_dir / "bundled"
 
     @property
     def auth(self) -> tuple[str, str] | None:

@@ -8,7 +8,7 @@ boundary; templates where prefixes do not line up fall back to locating the answ
 
 from __future__ import annotations
 
-from worker.data.errors import DataError
+from app.data.errors import DataError
 
 # ChatML, the de-facto default; the end-of-sequence token after an answer teaches the model to stop.
 DEFAULT_CHAT_TEMPLATE = (

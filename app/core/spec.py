@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from app.registry.catalog import bundled_model
+from app.core.catalog import bundled_model
+from app.core.errors import UserError
 
 TASKS = ("CAUSAL_LM", "SEQ_CLS", "SEQ_2_SEQ_LM")
 SHAPES = ("auto", "instruction", "chat", "prompt_completion", "text", "classification", "pair_classification")
@@ -28,7 +29,7 @@ DEVICES = ("auto", "cpu", "cuda")
 CLASSIFICATION_SHAPES = ("classification", "pair_classification")
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """A spec field is wrong; ``path`` is the dotted field path, ``where`` the file:line if known."""
 
     def __init__(self, path: str, message: str, where: str | None = None) -> None:

@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from app.registry.catalog import BUNDLED_MODELS, BundledModel, bundled_model, pickled_weights_only
+from app.core.catalog import BUNDLED_MODELS, BundledModel, bundled_model, pickled_weights_only
+from app.core.errors import UserError
 
 SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -25,7 +26,7 @@ __all__ = ["BUNDLED_MODELS", "ModelError", "classification_head", "ensure_smollm
            "resolve_model"]
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """The model cannot be found or loaded; the message says which and why."""
 
 
@@ -46,7 +47,7 @@ def resolve_model(name: str, models_dir: Path) -> str:
         if not (path / "config.json").is_file():
             raise ModelError(f"model.name: {name!r} is a folder without config.json, not a transformers model")
         return str(path.resolve())
-    from app.registry.spec import looks_like_path
+    from app.core.spec import looks_like_path
 
     if looks_like_path(name):
         raise ModelError(f"model.name: no model folder at {name!r}")
