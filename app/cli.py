@@ -1,6 +1,6 @@
 """The ``tunestudio`` command line: train from a spec file, inspect runs, export adapters, run a worker.
 
-    tunestudio train spec.yaml --wait     tunestudio runs list | show ID | cancel ID
+    tunestudio train spec.yaml --wait     tunestudio runs list | show ID | cancel ID | resume ID
     tunestudio export ID --out a.zip      tunestudio datasets add FILE
     tunestudio worker                     tunestudio serve [--host H] [--port P]
 """
@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     cancel = runs_sub.add_parser("cancel", help="ask a run to stop")
     cancel.add_argument("run_id", type=int)
     cancel.set_defaults(handler=_runs_cancel)
+    resume = runs_sub.add_parser("resume", help="queue a failed or cancelled run again, from its last checkpoint")
+    resume.add_argument("run_id", type=int)
+    resume.add_argument("--more-steps", type=int, help="train this many steps beyond the run's plan")
+    resume.set_defaults(handler=_runs_resume)
 
     export = sub.add_parser("export", help="write a finished run's adapter as a zip")
     export.add_argument("run_id", type=int)
@@ -62,9 +66,12 @@ def _parser() -> argparse.ArgumentParser:
 
     datasets = sub.add_parser("datasets", help="register data files")
     ds_sub = datasets.add_subparsers(metavar="ACTION", required=True)
-    add = ds_sub.add_parser("add", help="check, store and register a data file")
+    add = ds_sub.add_parser("add", help="check, store and register a data file (the studio's upload check)")
     add.add_argument("file")
     add.add_argument("--name")
+    add.add_argument("--shape", help="check the data as this shape instead of the detected one")
+    add.add_argument("--map", action="append", default=[], metavar="ROLE=COLUMN", type=_role_column,
+                     help="the column for a role of the shape (repeat for each role); default: detected")
     add.set_defaults(handler=_datasets_add)
     ds_list = ds_sub.add_parser("list", help="registered datasets")
     ds_list.set_defaults(handler=_datasets_list)
@@ -161,6 +168,8 @@ def _runs_show(args: argparse.Namespace, settings: Settings) -> int:
         ctx.close()
     print(f"run {r.id}: {r.name}\n  status   {r.status}\n  model    {r.model}\n  method   {r.method}")
     print(f"  step     {r.step}/{r.total_steps or '?'}\n  created  {r.created_at:%Y-%m-%d %H:%M:%S}")
+    if r.resumed:
+        print(f"  resumed  {r.resumed}")
     if r.worker_host:
         print(f"  worker   {r.worker_host}")
     if r.error:
@@ -192,6 +201,19 @@ def _runs_cancel(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _runs_resume(args: argparse.Namespace, settings: Settings) -> int:
+    from app.services import resume_run
+
+    ctx = _ctx(settings)
+    try:
+        run = resume_run(ctx, args.run_id, args.more_steps)
+    finally:
+        ctx.close()
+    plan = f" (now {run.spec['training']['max_steps']} steps)" if args.more_steps else ""
+    print(f"run {run.id}: {run.status}, attempt {run.attempt}{plan}; it continues from its last checkpoint")
+    return 0
+
+
 def _export(args: argparse.Namespace, settings: Settings) -> int:
     from app.services import export_adapter_zip
 
@@ -208,12 +230,19 @@ def _datasets_add(args: argparse.Namespace, settings: Settings) -> int:
 
     ctx = _ctx(settings)
     try:
-        d = add_dataset(ctx, args.file, name=args.name)
+        d = add_dataset(ctx, args.file, name=args.name, shape=args.shape, mapping=dict(args.map) or None)
     finally:
         ctx.close()
     print(f"dataset {d.id}: {d.name} ({d.format}, {d.rows} rows, columns {', '.join(d.columns)}, "
           f"shape {d.shape or 'unknown'})")
     return 0
+
+
+def _role_column(raw: str) -> tuple[str, str]:
+    role, sep, column = raw.partition("=")
+    if not sep or not role.strip() or not column:
+        raise argparse.ArgumentTypeError(f"expected ROLE=COLUMN (for example text=review), got {raw!r}")
+    return role.strip(), column
 
 
 def _datasets_delete(args: argparse.Namespace, settings: Settings) -> int:

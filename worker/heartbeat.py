@@ -1,4 +1,5 @@
-"""Liveness: a heartbeat thread per running run, and the reaper that fails runs whose worker died.
+"""Liveness: a heartbeat thread per running run, and the reaper that re-queues (or, out of attempts,
+fails) runs whose worker died.
 
 The heartbeat runs in its own thread so a long training step never looks like a dead worker; it also
 reads the run's status, so a cancel request is noticed without a query per training step.
@@ -52,15 +53,15 @@ class Reaper:
     forever) and fails those still queued after ``give_up_after``."""
 
     def __init__(self, registry: Registry, lost_after: float, send: Callable[[int], None] | None = None,
-                 resend_after: float = 300.0, give_up_after: float = 86_400.0) -> None:
-        self.registry, self.lost_after = registry, lost_after
+                 resend_after: float = 300.0, give_up_after: float = 86_400.0, max_attempts: int = 1) -> None:
+        self.registry, self.lost_after, self.max_attempts = registry, lost_after, max_attempts
         self.send, self.resend_after, self.give_up_after = send, resend_after, give_up_after
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="run-reaper", daemon=True)
 
     def reap(self) -> list[int]:
         with self.registry.session() as s:
-            lost = reap_lost_runs(s, self.lost_after)
+            lost = reap_lost_runs(s, self.lost_after, self.max_attempts)
             give_up_unclaimed(s, self.give_up_after)
             due = claim_resends(s, self.resend_after) if self.send is not None else []
         for run_id in due:

@@ -136,10 +136,11 @@ def _on_worker_ready(**_: object) -> None:
         _registry(settings), settings.worker_lost_seconds,
         send=lambda run_id: train_run.apply_async(args=[run_id], queue=TRAIN_QUEUE),
         resend_after=settings.resend_queued_seconds, give_up_after=settings.give_up_queued_seconds,
+        max_attempts=settings.max_attempts,
     )
     reaped = _state.reaper.reap()
     if reaped:
-        logger.warning("marked runs %s failed: their worker was lost", reaped)
+        logger.warning("runs %s lost their worker: re-queued, or failed when out of attempts", reaped)
     _state.reaper.start()
 
 

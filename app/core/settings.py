@@ -37,6 +37,7 @@ class Settings:
     worker_lost_seconds: float = 60.0
     resend_queued_seconds: float = 300.0
     give_up_queued_seconds: float = 86_400.0
+    max_attempts: int = 2  # a run stopped by a lost or stopping worker is re-queued until this many
     worker_name: str = field(default_factory=socket.gethostname)
     # Where a run spec may name data files: the studio's home and the folder the command ran in, unless
     # TUNESTUDIO_DATA_ROOTS (os.pathsep-separated) says otherwise.
@@ -88,6 +89,7 @@ class Settings:
             "TUNESTUDIO_WORKER_LOST_SECONDS": str(self.worker_lost_seconds),
             "TUNESTUDIO_RESEND_QUEUED_SECONDS": str(self.resend_queued_seconds),
             "TUNESTUDIO_GIVE_UP_QUEUED_SECONDS": str(self.give_up_queued_seconds),
+            "TUNESTUDIO_MAX_ATTEMPTS": str(self.max_attempts),
         }
         return out
 
@@ -112,6 +114,7 @@ class Settings:
             worker_lost_seconds=_float(env, "TUNESTUDIO_WORKER_LOST_SECONDS", 60.0),
             resend_queued_seconds=_float(env, "TUNESTUDIO_RESEND_QUEUED_SECONDS", 300.0),
             give_up_queued_seconds=_float(env, "TUNESTUDIO_GIVE_UP_QUEUED_SECONDS", 86_400.0),
+            max_attempts=_int(env, "TUNESTUDIO_MAX_ATTEMPTS", 2),
             worker_name=env.get("TUNESTUDIO_WORKER_NAME") or socket.gethostname(),
             data_roots=_data_roots(env, home),
         )

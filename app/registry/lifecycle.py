@@ -1,9 +1,11 @@
 """Run status transitions, each one atomic (a conditional UPDATE), shared by services and workers.
 
 queued -> running -> succeeded | failed | cancelled, plus cancelling (asked by a user, honoured by
-the engine between steps). A worker that stops heartbeating has its runs failed by
-:func:`reap_lost_runs`, which the worker calls when it starts and periodically, and readers call
-when they poll, so a run is never left ``running`` by a dead process.
+the engine between steps). A worker that stops heartbeating has its runs re-queued (to resume from
+their last checkpoint) or, after ``max_attempts``, failed by :func:`reap_lost_runs`, which the worker
+calls when it starts and periodically, and readers call when they poll, so a run is never left
+``running`` by a dead process. A worker asked to stop gives its run back with :func:`requeue_run`;
+a person resumes a failed or cancelled run with :func:`resume_run`.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from app.registry.models import FINAL_STATUSES, LogLine, Run, utcnow
+from app.registry.models import FINAL_STATUSES, LogLine, MetricPoint, Run, utcnow
 
 NEVER_STARTED = ("never started: no worker took the run within {hours:g} h "
                  "(is a worker running on the 'training' queue?)")
 WORKER_LOST = "worker lost: no heartbeat for {seconds:.0f}s (the worker process died or was killed)"
+REQUEUED = "{reason}; re-queued to resume from its last checkpoint (attempt {attempt} of {attempts})"
+RESUMABLE_STATUSES = ("failed", "cancelled")
 
 
 def claim_run(session: Session, run_id: int, worker_host: str) -> bool:
@@ -67,23 +71,76 @@ def finish_run(session: Session, run_id: int, status: str, error: str | None = N
     session.commit()
 
 
-def reap_lost_runs(session: Session, lost_after_seconds: float) -> list[int]:
-    """Fail every running/cancelling run whose heartbeat is older than ``lost_after_seconds``."""
+def reap_lost_runs(session: Session, lost_after_seconds: float, max_attempts: int = 1) -> list[int]:
+    """Runs whose heartbeat is older than ``lost_after_seconds``: a cancelling one ends cancelled, a
+    running one is re-queued while it has attempts left (the reaper sends it again) and fails after."""
     cutoff = utcnow() - timedelta(seconds=lost_after_seconds)
     stale = or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < cutoff)
-    ids = list(session.scalars(select(Run.id).where(Run.status.in_(("running", "cancelling")), stale)))
+    lost = WORKER_LOST.format(seconds=lost_after_seconds)
+    rows = list(session.execute(select(Run.id, Run.status, Run.attempt)
+                                .where(Run.status.in_(("running", "cancelling")), stale)))
     reaped = []
-    for run_id in ids:
-        result = session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.status.in_(("running", "cancelling")), stale)
-            .values(status="failed", error=WORKER_LOST.format(seconds=lost_after_seconds), finished_at=utcnow())
-        )
-        if result.rowcount:
-            session.add(LogLine(run_id=run_id, level="error", message=WORKER_LOST.format(seconds=lost_after_seconds)))
+    for run_id, status, attempt in rows:
+        guard = (Run.id == run_id, Run.status == status, Run.attempt == attempt, stale)
+        if status == "cancelling":
+            values, message, level = {"status": "cancelled", "finished_at": utcnow()}, f"{lost}; cancelled", "warn"
+        elif attempt < max_attempts:
+            values = _requeue_values(attempt)
+            message = REQUEUED.format(reason=lost, attempt=attempt + 1, attempts=max_attempts)
+            level = "warn"
+        else:
+            values, message, level = {"status": "failed", "error": lost, "finished_at": utcnow()}, lost, "error"
+        if session.execute(update(Run).where(*guard).values(**values)).rowcount:
+            session.add(LogLine(run_id=run_id, level=level, message=message))
             reaped.append(run_id)
     session.commit()
     return reaped
+
+
+def requeue_run(session: Session, run_id: int, reason: str, max_attempts: int) -> bool:
+    """A worker that is stopping (SIGTERM: a deploy, ``docker compose stop``) gives its running run back
+    after writing a checkpoint. False, and the run is failed, once it has used ``max_attempts``."""
+    run = session.get(Run, run_id, populate_existing=True)
+    if run is None or run.status not in ("running", "cancelling"):
+        return False
+    if run.status == "running" and run.attempt < max_attempts:
+        session.execute(update(Run).where(Run.id == run_id, Run.status == "running", Run.attempt == run.attempt)
+                        .values(**_requeue_values(run.attempt)))
+        session.add(LogLine(run_id=run_id, level="warn", message=REQUEUED.format(
+            reason=reason, attempt=run.attempt + 1, attempts=max_attempts)))
+        session.commit()
+        return True
+    final = "cancelled" if run.status == "cancelling" else "failed"
+    session.execute(update(Run).where(Run.id == run_id, Run.status == run.status)
+                    .values(status=final, error=None if final == "cancelled" else reason, finished_at=utcnow()))
+    session.add(LogLine(run_id=run_id, level="error" if final == "failed" else "warn", message=reason))
+    session.commit()
+    return False
+
+
+def resume_run(session: Session, run_id: int, spec: dict | None = None) -> bool:
+    """failed | cancelled -> queued as the next attempt, optionally with an updated spec (more steps).
+    False when the run is not in a resumable status."""
+    values = {**_requeue_values(Run.attempt), "error": None, "finished_at": None}
+    if spec is not None:
+        values["spec"] = spec
+    result = session.execute(update(Run).where(Run.id == run_id, Run.status.in_(RESUMABLE_STATUSES)).values(**values))
+    session.commit()
+    return result.rowcount == 1
+
+
+def _requeue_values(attempt) -> dict:
+    """Back to the queue as the next attempt; ``sent_at`` cleared, so the reaper sends it at once."""
+    return {"status": "queued", "attempt": attempt + 1, "sent_at": None, "heartbeat_at": None, "worker_host": None,
+            "resumed_from_step": None}
+
+
+def mark_resumed(session: Session, run_id: int, step: int) -> None:
+    """This attempt began at the checkpoint of ``step``: what the interrupted attempt logged after it
+    is dropped, so the run's history is the one an uninterrupted run would have."""
+    session.execute(update(Run).where(Run.id == run_id).values(resumed_from_step=step, step=step))
+    session.query(MetricPoint).filter(MetricPoint.run_id == run_id, MetricPoint.step > step).delete()
+    session.commit()
 
 
 def claim_resends(session: Session, resend_after_seconds: float) -> list[int]:

@@ -44,6 +44,8 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text)
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int | None] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # 2 after one resume
+    resumed_from_step: Mapped[int | None] = mapped_column(Integer)  # the checkpoint this attempt began at
 
     metrics: Mapped[list[MetricPoint]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True, order_by="MetricPoint.id"

@@ -11,7 +11,6 @@ from app.services.datasets import (
     DatasetInUse,
     DatasetNotFound,
     DatasetView,
-    UploadTooLarge,
     add_dataset,
     delete_dataset,
     get_dataset,
@@ -31,6 +30,7 @@ from app.services.runs import (
     list_runs,
     logs,
     metrics,
+    resume_run,
     run_disk_bytes,
 )
 
@@ -45,7 +45,6 @@ __all__ = [
     "RunActive",
     "RunNotFound",
     "RunView",
-    "UploadTooLarge",
     "add_dataset",
     "cancel_run",
     "create_run",
@@ -62,5 +61,6 @@ __all__ = [
     "list_runs",
     "logs",
     "metrics",
+    "resume_run",
     "run_disk_bytes",
 ]

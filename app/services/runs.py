@@ -16,11 +16,19 @@ from sqlalchemy import delete, func, select, update
 
 from app.core.contract import TRAIN_QUEUE, TRAIN_TASK
 from app.core.errors import UserError
-from app.core.refs import BUNDLED_PREFIX, dataset_id_of
+from app.core.refs import bundled_name_of, dataset_id_of
 from app.core.settings import Settings
 from app.core.spec import RunSpec, SpecError
+from app.data.sources import check_bundled_name
 from app.registry.ids import issue_id
-from app.registry.lifecycle import finish_run, give_up_unclaimed, reap_lost_runs, request_cancel
+from app.registry.lifecycle import (
+    RESUMABLE_STATUSES,
+    finish_run,
+    give_up_unclaimed,
+    reap_lost_runs,
+    request_cancel,
+)
+from app.registry.lifecycle import resume_run as resume_in_registry
 from app.registry.models import ACTIVE_STATUSES, Artifact, Dataset, LogLine, MetricPoint, Run, utcnow
 from app.services.context import Context
 
@@ -51,10 +59,21 @@ class RunView:
     step: int
     total_steps: int | None
     adapter_path: str | None
+    attempt: int = 1
+    resumed_from_step: int | None = None
 
     @property
     def is_final(self) -> bool:
         return self.status in ("succeeded", "failed", "cancelled")
+
+    @property
+    def resumed(self) -> str | None:
+        """"resumed from step 40 (attempt 2)" for a run that continued from a checkpoint; else None."""
+        if self.attempt <= 1:
+            return None
+        if self.resumed_from_step is None:
+            return f"attempt {self.attempt}: resumes from its last checkpoint when a worker takes it"
+        return f"resumed from step {self.resumed_from_step} (attempt {self.attempt})"
 
 
 @dataclass(frozen=True)
@@ -95,6 +114,12 @@ def create_run(ctx: Context, spec: RunSpec | dict[str, Any] | str, base_dir: Pat
         s.add(run)
         s.commit()
         run_id = run.id
+    _send(ctx, run_id)
+    return run_id
+
+
+def _send(ctx: Context, run_id: int) -> None:
+    """Send "start run N"; a run the broker would not take is failed with the reason, never left queued."""
     try:
         ctx.celery.send_task(TRAIN_TASK, args=[run_id], queue=TRAIN_QUEUE)
         with ctx.session() as s:
@@ -104,16 +129,20 @@ def create_run(ctx: Context, spec: RunSpec | dict[str, Any] | str, base_dir: Pat
         with ctx.session() as s:
             finish_run(s, run_id, "failed", f"could not queue the run on the broker: {exc}")
         raise
-    return run_id
 
 
 def checked_data_path(settings: Settings, ref: str | int, field: str, base_dir: Path | None = None) -> str | int:
     """A data file named in a spec, made absolute and confined to ``settings.data_roots``.
 
-    Registered (``dataset:N``) and bundled (``bundled:name``) references pass unchanged. Symlinks are
-    resolved first, so a link inside a root cannot lead outside it.
+    Registered (``dataset:N``) and bundled (``bundled:name``) references pass unchanged, a bundled
+    name only when it names a bundled demo. Symlinks are resolved first, so a link inside a root
+    cannot lead outside it.
     """
-    if dataset_id_of(ref) is not None or str(ref).startswith(BUNDLED_PREFIX):
+    if dataset_id_of(ref) is not None:
+        return ref
+    bundled = bundled_name_of(ref)
+    if bundled is not None:
+        check_bundled_name(bundled, field)
         return ref
     raw = Path(str(ref)).expanduser()
     path = (raw if raw.is_absolute() else (base_dir or Path.cwd()) / raw).resolve()
@@ -143,7 +172,7 @@ def run_disk_bytes(ctx: Context, run_id: int) -> int:
 def list_runs(ctx: Context, status: str | list[str] | None = None, limit: int = 200) -> list[RunView]:
     """Newest first; ``status`` filters to one status or a list of them."""
     with ctx.session() as s:
-        reap_lost_runs(s, ctx.settings.worker_lost_seconds)
+        reap_lost_runs(s, ctx.settings.worker_lost_seconds, ctx.settings.max_attempts)
         give_up_unclaimed(s, ctx.settings.give_up_queued_seconds)
         query = select(Run).order_by(Run.id.desc()).limit(limit)
         if status:
@@ -155,7 +184,7 @@ def list_runs(ctx: Context, status: str | list[str] | None = None, limit: int = 
 
 def get_run(ctx: Context, run_id: int) -> RunView:
     with ctx.session() as s:
-        reap_lost_runs(s, ctx.settings.worker_lost_seconds)
+        reap_lost_runs(s, ctx.settings.worker_lost_seconds, ctx.settings.max_attempts)
         run = s.get(Run, run_id)
         if run is None:
             raise RunNotFound(run_id)
@@ -172,7 +201,7 @@ def revision(ctx: Context, run_id: int) -> tuple:
     Pollers compare it before reading the metric history, so an idle view costs three small queries.
     """
     with ctx.session() as s:
-        reap_lost_runs(s, ctx.settings.worker_lost_seconds)
+        reap_lost_runs(s, ctx.settings.worker_lost_seconds, ctx.settings.max_attempts)
         row = s.execute(select(Run.status, Run.step).where(Run.id == run_id)).first()
         if row is None:
             raise RunNotFound(run_id)
@@ -211,6 +240,27 @@ def cancel_run(ctx: Context, run_id: int) -> str:
     return status
 
 
+def resume_run(ctx: Context, run_id: int, more_steps: int | None = None) -> RunView:
+    """Queue a failed or cancelled run again; it continues from its last checkpoint (or starts over
+    when it has none). ``more_steps`` trains that many steps beyond what the run had planned."""
+    with ctx.session() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        if run.status not in RESUMABLE_STATUSES:
+            raise RunActive(f"run {run_id} is {run.status}; only a failed or cancelled run can be resumed")
+        spec = RunSpec.from_dict(run.spec)
+        if more_steps is not None:
+            if more_steps <= 0:
+                raise SpecError("training.max_steps", f"more steps must be a positive number, got {more_steps}")
+            spec.training.max_steps = (run.total_steps or spec.training.max_steps or run.step) + more_steps
+            spec.validate()
+        if not resume_in_registry(s, run_id, spec.to_dict()):
+            raise RunActive(f"run {run_id} changed status while being resumed; try again")
+    _send(ctx, run_id)
+    return get_run(ctx, run_id)
+
+
 def delete_run(ctx: Context, run_id: int) -> None:
     """Remove a finished run, its metric points, logs and artifact files."""
     with ctx.session() as s:
@@ -243,5 +293,6 @@ def _view(run: Run, adapter_path: str | None) -> RunView:
         id=run.id, name=run.name, status=run.status, model=run.model, method=run.method, spec=dict(run.spec),
         created_at=run.created_at, started_at=run.started_at, finished_at=run.finished_at,
         heartbeat_at=run.heartbeat_at, worker_host=run.worker_host, error=run.error, step=run.step,
-        total_steps=run.total_steps, adapter_path=adapter_path,
+        total_steps=run.total_steps, adapter_path=adapter_path, attempt=run.attempt or 1,
+        resumed_from_step=run.resumed_from_step,
     )

@@ -98,19 +98,22 @@ def test_scaled_out_run_on_redis_and_postgresql_succeeds(scaled_out, inputs, tmp
         _succeeds_and_exports(scaled_out, inputs, tmp_path, "pg-a")
 
 
-def test_a_sigkilled_worker_leaves_its_run_failed_with_a_reason(scaled_out, inputs):
+def test_a_sigkilled_workers_run_is_requeued_and_finished_by_another_worker(scaled_out, inputs):
     model_dir, data = inputs
     worker = EmbeddedWorker(scaled_out.settings, name="pg-doomed").start()
     try:
-        run_id = create_run(scaled_out, mapping_spec(model_dir, data, max_steps=400, eval_every=0))
+        run_id = create_run(scaled_out, mapping_spec(model_dir, data, max_steps=60, eval_every=0))
         wait_for(scaled_out, run_id, lambda r: r.status == "running" and r.step >= 1)
         os.kill(worker.pid, signal.SIGKILL)
         worker.process.wait(timeout=10)
-        run = wait_for(scaled_out, run_id, lambda r: r.is_final, timeout=30)
+        run = wait_for(scaled_out, run_id, lambda r: r.status != "running", timeout=30)
     finally:
         worker.stop()
-    assert run.status == "failed" and run.worker_host == "pg-doomed"
-    assert "worker lost" in run.error
+    assert (run.status, run.attempt) == ("queued", 2)
+    assert "worker lost" in logs(scaled_out, run_id)[-1] and "re-queued" in logs(scaled_out, run_id)[-1]
+    with EmbeddedWorker(scaled_out.settings, name="pg-rescue"):
+        run = wait_for(scaled_out, run_id, lambda r: r.is_final, timeout=240)
+    assert (run.status, run.worker_host, run.attempt) == ("succeeded", "pg-rescue", 2)
     assert [r.id for r in list_runs(scaled_out, status="running")] == []
 
 

@@ -18,7 +18,7 @@ def _roundtrip(url: str) -> None:
             db_columns = {c["name"] for c in inspector.get_columns(table.name)}
             assert db_columns == {c.name for c in table.columns}, table.name
         with engine.begin() as conn:
-            assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0003"
+            assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0004"
         downgrade(engine, "base")
         assert not TABLES & set(sa.inspect(engine).get_table_names())
         upgrade(engine)
