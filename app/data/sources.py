@@ -16,13 +16,19 @@ from app.data.errors import DataError
 DatasetResolver = Callable[[str | int], Path]
 
 
-def bundled_file(name: str, folder: Path) -> Path:
+def check_bundled_name(name: str, field: str = "data.dataset") -> None:
+    """Refuse a ``bundled:<name>`` that names no bundled demo, naming the ones there are (the studio
+    checks this before it queues a run, the engine again before it reads)."""
+    known = bundled_datasets()
+    if name not in known:
+        raise DataError("no_source", f"no bundled dataset named {name!r}", field=field,
+                        hint=f"Bundled datasets: {', '.join(sorted(known))}")
+
+
+def bundled_file(name: str, folder: Path, field: str = "data.dataset") -> Path:
     """The data file of the bundled demo ``name``, written into ``folder`` the first time."""
-    writers = bundled_datasets()
-    if name not in writers:
-        raise DataError("no_source", f"no bundled dataset named {name!r}", field="data.dataset",
-                        hint=f"Bundled datasets: {', '.join(sorted(writers))}")
-    return writers[name](Path(folder))
+    check_bundled_name(name, field)
+    return bundled_datasets()[name](Path(folder))
 
 
 def resolve_dataset_file(
@@ -40,7 +46,7 @@ def resolve_dataset_file(
     if name is not None:
         if bundled_dir is None:
             raise DataError("no_source", f"bundled:{name} needs the studio's bundled-data folder", field=field)
-        return bundled_file(name, bundled_dir)
+        return bundled_file(name, bundled_dir, field)
     path = Path(str(ref)).expanduser()
     if not path.is_file():
         raise DataError("no_source", f"no such file {str(ref)!r}", field=field)
