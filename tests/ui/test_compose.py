@@ -30,6 +30,7 @@ def test_workers_reserve_an_nvidia_gpu_and_the_studio_is_published_locally():
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     assert services["worker"]["command"] == ["tunestudio", "worker"]
+    assert services["worker"]["stop_grace_period"] == "3m"  # time to checkpoint and give the run back
     assert all(p.startswith("127.0.0.1:") for p in services["studio"]["ports"])
 
 
