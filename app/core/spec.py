@@ -20,13 +20,8 @@ import yaml
 
 from app.core.catalog import bundled_model
 from app.core.errors import UserError
-
-TASKS = ("CAUSAL_LM", "SEQ_CLS", "SEQ_2_SEQ_LM")
-SHAPES = ("auto", "instruction", "chat", "prompt_completion", "text", "classification", "pair_classification")
-PRECISIONS = ("full", "int8", "nf4")
-SCHEDULERS = ("linear", "cosine", "constant")
-DEVICES = ("auto", "cpu", "cuda")
-CLASSIFICATION_SHAPES = ("classification", "pair_classification")
+from app.core.options import DEVICES, PRECISIONS, SCHEDULERS
+from app.core.tasks import SPEC_SHAPES, TASKS, task_for
 
 
 class SpecError(UserError, ValueError):
@@ -172,8 +167,8 @@ class RunSpec:
         d = self.data
         if not isinstance(d.dataset, str | int) or not str(d.dataset).strip():
             raise SpecError("data.dataset", "must be a registered dataset id, a bundled dataset or a file path")
-        if d.shape not in SHAPES:
-            raise SpecError("data.shape", f"{d.shape!r} is not one of {', '.join(SHAPES)}")
+        if d.shape not in SPEC_SHAPES:
+            raise SpecError("data.shape", f"{d.shape!r} is not one of {', '.join(SPEC_SHAPES)}")
         if not isinstance(d.mapping, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in d.mapping.items()
         ):
@@ -243,17 +238,14 @@ class RunSpec:
     @property
     def task(self) -> str:
         """The task type as far as the spec alone tells: explicit, the method's, the data shape's,
-        the bundled model's, else causal LM. With ``shape: auto`` the engine refines it from the data."""
+        the bundled model's, else causal LM (:func:`app.core.tasks.task_for`). With ``shape: auto``
+        the engine refines it from the data."""
         if self.model.task:
             return self.model.task
         if self.method.get("task_type"):
             return str(self.method["task_type"])
-        if self.data.shape in CLASSIFICATION_SHAPES:
-            return "SEQ_CLS"
         entry = bundled_model(self.model.name)
-        if entry is not None:
-            return entry.tasks[0]
-        return "CAUSAL_LM"
+        return task_for(self.data.shape, entry.tasks if entry is not None else ())
 
     @property
     def task_is_fixed(self) -> bool:

@@ -14,10 +14,10 @@ from app.data.chat import DEFAULT_CHAT_TEMPLATE, chat_template_for, render_chat
 from app.data.errors import CODES, DataError
 from app.data.histogram import length_histogram_png
 from app.data.limits import Limits
-from app.data.prepare import IGNORE, TASKS, Prepared, PrepareOptions, default_task, pack, prepare
+from app.data.prepare import IGNORE, Prepared, PrepareOptions, pack, prepare
 from app.data.preview import preview_stats
 from app.data.readers import FORMATS, Table, read_table
-from app.data.shapes import ROLES, SHAPES, Detection, detect_shape, normalise_rows, validate_mapping
+from app.data.shapes import ROLES, Detection, detect_shape, normalise_rows, validate_mapping
 from app.data.storage import safe_name, store_upload
 
 __all__ = [
@@ -26,8 +26,6 @@ __all__ = [
     "FORMATS",
     "IGNORE",
     "ROLES",
-    "SHAPES",
-    "TASKS",
     "DataError",
     "Detection",
     "Limits",
@@ -36,7 +34,6 @@ __all__ = [
     "Table",
     "bundled_datasets",
     "chat_template_for",
-    "default_task",
     "detect_shape",
     "length_histogram_png",
     "normalise_rows",

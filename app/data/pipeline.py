@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from app.core.spec import RunSpec, SpecError
-from app.data.prepare import Prepared, PrepareOptions, default_task, prepare
+from app.core.tasks import task_for as default_task
+from app.data.prepare import Prepared, PrepareOptions, prepare
 from app.data.readers import Table, read_table
 from app.data.shapes import detect_shape, validate_mapping
 from app.data.sources import DatasetResolver

@@ -11,13 +11,13 @@ import json
 import random
 from dataclasses import dataclass, field
 
+from app.core.tasks import CLASSIFICATION_SHAPES, TASKS, task_for
 from app.data.chat import chat_segments
 from app.data.errors import DataError
 from app.data.readers import Table
 from app.data.shapes import normalise_rows
 from app.data.stats import summarise
 
-TASKS = ("CAUSAL_LM", "SEQ_CLS", "SEQ_2_SEQ_LM")
 IGNORE = -100
 _TOKENIZE_BATCH = 512
 _LISTED = 100  # truncated/dropped rows listed by number; the counts are always complete
@@ -62,10 +62,6 @@ class Tokenized:
     length: int
     truncated: bool = False
     reason: str | None = None
-
-
-def default_task(shape: str) -> str:
-    return "SEQ_CLS" if shape in ("classification", "pair_classification") else "CAUSAL_LM"
 
 
 def label_names_of(records: list[dict]) -> list[str]:
@@ -115,7 +111,7 @@ class _Builder:
     """Turns normalised records into token examples for one tokenizer, task and length."""
 
     def __init__(self, tokenizer, shape: str, task: str, max_length: int, label_names: list[str] | None) -> None:
-        if task == "SEQ_CLS" and shape not in ("classification", "pair_classification"):
+        if task == "SEQ_CLS" and shape not in CLASSIFICATION_SHAPES:
             raise DataError("wrong_task", f"a sequence classifier needs labelled text, not the {shape} shape",
                             hint="Map a text and a label column, or pick a generative model")
         if task == "SEQ_2_SEQ_LM" and shape == "text":
@@ -303,7 +299,7 @@ def prepare(
     options = options or PrepareOptions()
     records = normalise_rows(table, shape, mapping)
     val_records = normalise_rows(val_table, shape, mapping, need_classes=False) if val_table is not None else None
-    classification = shape in ("classification", "pair_classification")
+    classification = shape in CLASSIFICATION_SHAPES
     label_names = label_names_of(records) if classification else None
     if val_records is not None and label_names:
         known = set(label_names)
@@ -366,6 +362,6 @@ def tokenize_rows(table: Table, shape: str, mapping: dict[str, str], tokenizer, 
                   task: str | None = None) -> tuple[list[Tokenized], list[dict], list[str] | None]:
     """Every row tokenized as training would see it (no split), for the preview."""
     records = normalise_rows(table, shape, mapping)
-    label_names = label_names_of(records) if shape in ("classification", "pair_classification") else None
-    builder = _Builder(tokenizer, shape, task or default_task(shape), max_length, label_names)
+    label_names = label_names_of(records) if shape in CLASSIFICATION_SHAPES else None
+    builder = _Builder(tokenizer, shape, task or task_for(shape), max_length, label_names)
     return builder.build(records), records, label_names

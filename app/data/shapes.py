@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from app.core.tasks import CLASSIFICATION_SHAPES, SHAPES
 from app.data.errors import DataError
 from app.data.readers import Table
-
-SHAPES = ("instruction", "chat", "prompt_completion", "text", "classification", "pair_classification")
 
 # role -> required?; chat takes exactly one of "messages" (role/content) or "conversations" (from/value).
 ROLES: dict[str, dict[str, bool]] = {
@@ -316,7 +315,7 @@ def normalise_rows(table: Table, shape: str, mapping: dict[str, str], *, need_cl
             else:
                 record[role] = ""
         out.append(record)
-    if need_classes and shape in ("classification", "pair_classification"):
+    if need_classes and shape in CLASSIFICATION_SHAPES:
         classes = {str(r["label"]) for r in out}
         if len(classes) < 2:
             raise DataError(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.refs import dataset_id_of
+from app.core.tasks import SHAPES, is_classification
 from app.services import datasets
 from app.services.context import Context
 
@@ -36,9 +37,7 @@ class DataPreview:
 
 
 def shapes() -> list[str]:
-    from app.data.shapes import SHAPES
-
-    return [getattr(s, "value", s) for s in SHAPES]
+    return list(SHAPES)
 
 
 def roles_for(shape: str) -> list[str]:
@@ -129,7 +128,7 @@ def label_names(ctx: Context, ref: str | None, shape: str | None, mapping: dict[
     from app.data import normalise_rows
     from app.data.prepare import label_names_of
 
-    if not ref or shape not in ("classification", "pair_classification"):
+    if not ref or not is_classification(shape):
         return None
     try:
         dataset_id = dataset_id_of(ref)

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from app.core.catalog import bundled_model
+from app.core.options import COMPUTE_PRECISIONS, QUANTIZATIONS
 from app.core.spec import RunSpec
 from app.services.data_preview import roles_for
 from app.services.method_form import describe_method
-from app.services.wizard import PRECISION_TO_BF16, QUANT_TO_SPEC
 
 DRAFT_VERSION = 1
 # The draft's field names: model.*, data.* (data.role.<i> follows the shape's roles in order),
@@ -68,8 +68,8 @@ def from_spec(spec: RunSpec, run_id: int) -> dict[str, Any]:
     values: dict[str, Any] = {
         "model.bundled": entry.name if entry else None, "model.custom": "" if entry else m.name,
         "model.trust": m.trust_remote_code,
-        "model.precision": next((k for k, v in PRECISION_TO_BF16.items() if v == t.bf16), "auto"),
-        "model.quantization": next((k for k, v in QUANT_TO_SPEC.items() if v == (m.precision, m.double_quant)),
+        "model.precision": next((k for k, v in COMPUTE_PRECISIONS.items() if v == t.bf16), "auto"),
+        "model.quantization": next((k for k, v in QUANTIZATIONS.items() if v == (m.precision, m.double_quant)),
                                    "none"),
         "data.ref": d.dataset, "data.val_fraction": d.val_fraction, "data.dedupe": d.dedupe,
         "data.max_length": d.max_length, "data.shape": None if d.shape == "auto" else d.shape,

@@ -32,8 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.core.options import QUANTIZATIONS
+
+# Compute dtypes the estimate prices ("auto" is resolved first, as the engine resolves it).
 PRECISIONS = ("fp32", "bf16", "fp16")
-QUANTIZATIONS = ("none", "int8", "nf4", "nf4-dq")
 
 NF4_BLOCK = 64
 DQ_BLOCK = 256

@@ -1,7 +1,8 @@
 """Turn the wizard's choices into a RunSpec (the same object `tunestudio train spec.yaml` reads).
 
-The UI collects plain values; this module owns the rules: which task a shape implies, what the
-presets are, how the quantization choice maps onto the spec's precision fields.
+The UI collects plain values; this module owns the presets and applies the shared rules: the task
+a shape implies (``app.core.tasks``) and how the studio's precision and quantization choices map
+onto the spec (``app.core.options``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import tuners
+from app.core.options import COMPUTE_PRECISIONS, QUANTIZATIONS
 from app.core.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
+from app.core.tasks import task_for
 from app.services.method_form import build_config, config_values
 
 # Presets scale how long and how wide a run is; the learning rate is the chosen method's own
@@ -58,22 +61,6 @@ def check_learning_rate(peft_type: str, learning_rate: float | None) -> Learning
         off_by, too_high = 1.0, False
     return LearningRateCheck(method.name, method.learning_rate, low, high, off_by, too_high)
 
-# UI compute precision -> training.bf16
-PRECISION_TO_BF16: dict[str, bool | str] = {"auto": "auto", "bf16": True, "fp32": False}
-# UI quantization choice -> (spec precision, double_quant)
-QUANT_TO_SPEC = {"none": ("full", False), "int8": ("int8", False), "nf4": ("nf4", False), "nf4-dq": ("nf4", True)}
-
-
-def task_for(shape: str | None, model_tasks: tuple[str, ...] | list[str] = ()) -> str:
-    """Classification data trains a SEQ_CLS head; everything else trains the model's generative task,
-    and a model without one (an encoder such as MiniLM) its own task: building an encoder as a causal
-    LM is what made transformers warn "add is_decoder=True" at every model check."""
-    if shape in ("classification", "pair_classification"):
-        return "SEQ_CLS"
-    if model_tasks and "CAUSAL_LM" not in model_tasks:
-        return "SEQ_2_SEQ_LM" if "SEQ_2_SEQ_LM" in model_tasks else model_tasks[0]
-    return "CAUSAL_LM"
-
 
 @dataclass
 class WizardChoices:
@@ -109,7 +96,7 @@ def build_spec(c: WizardChoices) -> RunSpec:
     task = task_for(c.shape, c.model_tasks)
     adapter = build_config(c.peft_type, c.method_values, task_type=task)
     method = {"peft_type": adapter.peft_type, **config_values(adapter)}
-    precision, double_quant = QUANT_TO_SPEC.get(c.quantization, ("full", False))
+    precision, double_quant = QUANTIZATIONS.get(c.quantization, QUANTIZATIONS["none"])
     spec = RunSpec(
         name=(c.name or "").strip() or f"{c.peft_type.lower()}-{c.model.rsplit('/', 1)[-1]}",
         model=ModelSpec(name=c.model.strip(), task=task, trust_remote_code=bool(c.trust_remote_code),
@@ -123,7 +110,7 @@ def build_spec(c: WizardChoices) -> RunSpec:
             grad_accum=int(c.grad_accum), learning_rate=float(c.learning_rate),
             weight_decay=float(c.weight_decay), warmup_steps=int(c.warmup_steps), scheduler=c.scheduler,
             eval_every=int(c.eval_every), checkpoint_every=int(c.checkpoint_every), seed=int(c.seed),
-            bf16=PRECISION_TO_BF16.get(c.precision, "auto"),
+            bf16=COMPUTE_PRECISIONS.get(c.precision, "auto"),
         ),
     )
     spec.validate()

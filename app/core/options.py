@@ -1,0 +1,22 @@
+"""The values a run's settings may take, named once.
+
+The spec validates against these, the wizard maps the studio's choices onto them, the memory
+estimate prices them, and the engine implements them; a name added here is a name the whole studio
+knows. Field reference: docs/runs.md.
+"""
+
+from __future__ import annotations
+
+# model.precision: how the frozen base weights are stored.
+PRECISIONS = ("full", "int8", "nf4")
+# training.scheduler: the learning-rate schedule after warm-up.
+SCHEDULERS = ("linear", "cosine", "constant")
+# training.device
+DEVICES = ("auto", "cpu", "cuda")
+
+# The studio's quantization choice -> (model.precision, model.double_quant).
+QUANTIZATIONS: dict[str, tuple[str, bool]] = {
+    "none": ("full", False), "int8": ("int8", False), "nf4": ("nf4", False), "nf4-dq": ("nf4", True),
+}
+# The studio's compute-precision choice -> training.bf16 ("auto": bf16 where the GPU has it).
+COMPUTE_PRECISIONS: dict[str, bool | str] = {"auto": "auto", "bf16": True, "fp32": False}
