@@ -1,21 +1,30 @@
 """The studio page: a four-step wizard, the run view, the runs table and the playground.
 
-This module only lays the tabs out and wires events; each step/tab lives in its own module and
-every callback calls into ``app.services``. State lives in the registry, not in the page.
+This module only lays the tabs out and wires events; each step/tab lives in its own module, builds
+its components and returns them by name, and every callback calls into those modules and
+``app.services``. All components are registered in one ``Elements`` per built page: a callback
+that reads more than one component takes them as a set and reads them by name, and one that writes
+more than one returns them by name (``app.ui.elements``), so adding a field never shifts another
+callback's arguments. State lives in the registry, not in the page.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import gradio as gr
 
+from app.core.spec import RunSpec
 from app.services import draft as draft_service
 from app.services import playground as playground_service
 from app.services import runs
 from app.services.context import Context
-from app.services.data_preview import label_names, preview, roles_for
+from app.services.data_preview import label_names, preview
 from app.services.wizard import WizardChoices, build_spec, task_for
 from app.ui import draft as draft_ui
 from app.ui import labels
+from app.ui.draft import LOADED, STORED
+from app.ui.elements import Elements, Values
 from app.ui.labels import t
 from app.ui.steps import data as data_step
 from app.ui.steps import method as method_step
@@ -25,88 +34,116 @@ from app.ui.tabs import playground as playground_tab
 from app.ui.tabs import run_view
 from app.ui.tabs import runs as runs_tab
 
+NAV = ("wizard.walkthrough", "wizard.step")  # the wizard's shown step and the step it remembers
+CHECK = ("model.bundled", "model.custom", "model.trust")  # what the model check reads
+CHECKED = ("model.state", "model.info", "model.checked")  # what it writes (model_step.check_model)
+COUNT = ("model.state", "data.shape", "data.ref", *data_step.ROLES, "method.choice")  # + the method's fields
+ESTIMATE = ("model.state", "method.trainable", "model.precision", "model.quantization", "model.batch",
+            "model.seq_len", "method.choice", "data.shape")
+PREVIEW_INPUTS = ("data.ref", "model.state", "data.shape", "data.max_length", "data.val_fraction", "data.dedupe",
+                  *data_step.ROLES)
+SPEC = ("model.state", *CHECK, "model.precision", "model.quantization", "data.ref", "data.shape",
+        "data.val_fraction", "data.dedupe", "data.max_length", *data_step.ROLES, *train_step.VALUES)  # + method
+# What is saved as a draft: restored as values, or rebuilt from them by the server on load.
+DERIVED = ("model.checked", "data.shape", *data_step.ROLES)
+
 
 def build_app(ctx: Context) -> gr.Blocks:
+    return build_page(ctx)[0]
+
+
+def build_page(ctx: Context) -> tuple[gr.Blocks, Elements]:
+    """The page and its components by name."""
     pg = playground_service.Playground(ctx)
+    e = Elements()
     # delete_cache: Gradio's copies of uploads and outputs older than a day go, checked hourly.
     with gr.Blocks(title=t("title"), analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         with gr.Column(elem_classes="ts-header"):
             gr.Markdown(f"# {t('title')}\n{t('tagline')}")
             gr.HTML(run_view.CHART_MARKERS, elem_id="ts-chart-markers")  # point markers for both loss charts
         with gr.Tabs(selected="new") as tabs:
-            with gr.Tab(t("tab.new"), id="new") as new_tab_item, gr.Walkthrough(selected=0) as wizard:
-                with gr.Step(t("step.model"), id=0):
-                    ms = model_step.build()
-                with gr.Step(t("step.data"), id=1):
-                    ds = data_step.build()
-                with gr.Step(t("step.method"), id=2):
-                    me = method_step.build()
-                with gr.Step(t("step.train"), id=3):
-                    ts = train_step.build(me.choice.value)
-            with gr.Tab(t("tab.run"), id="run") as run_tab_item:
-                rv = run_view.build(ctx)
-            with gr.Tab(t("tab.runs"), id="runs") as runs_tab_item:
-                rt = runs_tab.build(ctx)
-            with gr.Tab(t("tab.playground"), id="playground") as play_tab_item:
-                pt = playground_tab.build()
+            with (gr.Tab(t("tab.new"), id="new", elem_id="tab-new") as new_tab,
+                  gr.Walkthrough(selected=0, elem_id="wizard") as wizard):
+                with gr.Step(t("step.model"), id=0, elem_id="step-model"):
+                    e.add_all(model_step.build())
+                with gr.Step(t("step.data"), id=1, elem_id="step-data"):
+                    e.add_all(data_step.build())
+                with gr.Step(t("step.method"), id=2, elem_id="step-method"):
+                    e.add_all(method_step.build())
+                with gr.Step(t("step.train"), id=3, elem_id="step-train"):
+                    e.add_all(train_step.build(e["method.choice"].value))
+            with gr.Tab(t("tab.run"), id="run", elem_id="tab-run") as run_tab:
+                e.add_all(run_view.build(ctx))
+            with gr.Tab(t("tab.runs"), id="runs", elem_id="tab-runs") as runs_tab_item:
+                e.add_all(runs_tab.build(ctx))
+            with gr.Tab(t("tab.playground"), id="playground", elem_id="tab-playground") as play_tab:
+                e.add_all(playground_tab.build())
+        e.add_all({"page.tabs": tabs, "page.tab.new": new_tab, "page.tab.run": run_tab,
+                   "page.tab.runs": runs_tab_item, "page.tab.playground": play_tab, "wizard.walkthrough": wizard,
+                   "wizard.step": gr.State(0), STORED: draft_ui.browser_state(ctx.settings.home),
+                   LOADED: gr.State(None)})  # the draft as it was at load (or when a run was reused)
 
-        stored = draft_ui.browser_state(ctx.settings.home)
-        open_in_wizard = _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored)
-        _wire_run_view(ctx, demo, tabs, rv, stored)
-        run_tab_item.select(None, rv.picker, None, js=run_view.SET_URL_JS)
-        for item in (new_tab_item, runs_tab_item, play_tab_item):
-            item.select(None, None, None, js=run_view.CLEAR_URL_JS)
-        _wire_runs(ctx, demo, tabs, rt, rv, runs_tab_item, stored, open_in_wizard)
-        _wire_playground(ctx, demo, pt, pg, play_tab_item)
-    return demo
-
-
-def _go(step: int):
-    """Move the wizard to ``step`` and remember it (outputs: the walkthrough and its step state)."""
-    return lambda: (gr.Walkthrough(selected=step), step)
+        open_in_wizard = _wire_wizard(ctx, demo, e)
+        _wire_run_view(ctx, demo, e)
+        _wire_address(e)
+        _wire_runs(ctx, demo, e, open_in_wizard)
+        _wire_playground(ctx, demo, e, pg)
+    return demo, e
 
 
-def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored):
-    at_step = gr.State(0)
-    nav = [wizard, at_step]
+def _step(step: int) -> dict[str, Any]:
+    """The wizard moved to ``step``, remembered (for ``NAV``)."""
+    return {"wizard.walkthrough": gr.Walkthrough(selected=step), "wizard.step": step}
+
+
+def _wire_wizard(ctx, demo, e: Elements):
     models_dir = ctx.settings.models_dir
-    method_inputs = [me.choice, *me.inputs]
+    method_fields = method_step.form_fields()
+
+    def go(step: int):
+        return lambda: e.updates(_step(step))
 
     def task_of(info, shape):
         return task_for(shape, info.tasks if info is not None else ())
 
-    def check(bundled, custom, trust):
-        return model_step.check_model(bundled, custom, trust, models_dir)
+    # model step
+    def check(data):
+        v = e.values(data)
+        return e.updates(model_step.check_model(v["model.bundled"], v["model.custom"], v["model.trust"], models_dir))
 
-    def count(info, shape, ref, *rest):
+    def count(data):
         # The data's classes size a classifier's head, so the count matches the run's (engine's rule).
-        roles, (peft_type, *values) = rest[: data_step.MAX_ROLES], rest[data_step.MAX_ROLES :]
-        classes = label_names(ctx, ref, shape, data_step.mapping_from(roles_for(shape), roles))
-        return method_step.count_text(info, peft_type, method_step.values_for(me, peft_type, values),
-                                      task_of(info, shape), classes)
+        v = e.values(data)
+        info, shape, peft_type = v["model.state"], v["data.shape"], v["method.choice"]
+        classes = label_names(ctx, v["data.ref"], shape, data_step.mapping_from(shape, v))
+        return e.updates(method_step.count_text(info, peft_type, method_step.values_for(peft_type, v),
+                                                task_of(info, shape), classes))
 
-    estimate_inputs = [ms.state, me.trainable, ms.precision, ms.quantization, ms.batch, ms.seq_len, me.choice, ds.shape]
-    estimate_outputs = [ms.estimate, ms.fit]
+    def estimate(data):
+        v = e.values(data)
+        return e.updates(model_step.estimate_rows(
+            v["model.state"], v["method.trainable"], v["model.precision"], v["model.quantization"],
+            batch=v["model.batch"], seq_len=v["model.seq_len"], peft_type=v["method.choice"],
+            data_shape=v["data.shape"], embedded=ctx.settings.embedded_broker))
 
-    def estimate_rows(*values):
-        return model_step.estimate_rows(*values, embedded=ctx.settings.embedded_broker)
-    count_event = dict(fn=count, inputs=[ms.state, ds.shape, ds.ref, *ds.roles, *method_inputs],
-                       outputs=[me.trainable, me.count])
+    count_event = dict(fn=count, inputs=e.of(COUNT, method_fields), outputs=e.of("method.trainable", "method.count"))
+    estimate_event = dict(fn=estimate, inputs=e.of(ESTIMATE), outputs=e.of("model.estimate", "model.fit"))
 
-    checked = ms.check.click(check, [ms.bundled, ms.custom, ms.trust], [ms.state, ms.info])
-    checked.then(**count_event).then(estimate_rows, estimate_inputs, estimate_outputs)
-    for comp in (ms.precision, ms.quantization, ms.batch, ms.seq_len):
-        comp.change(estimate_rows, estimate_inputs, estimate_outputs)
+    e["model.check"].click(check, e.of(CHECK), e.of(CHECKED)).then(**count_event).then(**estimate_event)
+    for name in ("model.precision", "model.quantization", "model.batch", "model.seq_len"):
+        e[name].change(**estimate_event)
 
-    def next_from_model(info, bundled, custom, trust):
-        info, text, go_on = model_step.next_from_model(info, bundled, custom, trust, models_dir)
-        return (info, text, *(_go(1)() if go_on else (gr.skip(), gr.skip())))
+    def next_from_model(data):
+        v = e.values(data)
+        checked, go_on = model_step.next_from_model(v["model.state"], v["model.bundled"], v["model.custom"],
+                                                    v["model.trust"], models_dir)
+        return e.updates({**checked, **(_step(1) if go_on else {})})
 
-    ms.next.click(next_from_model, [ms.state, ms.bundled, ms.custom, ms.trust], [ms.state, ms.info, *nav]).then(
-        **count_event).then(estimate_rows, estimate_inputs, estimate_outputs)
+    e["model.next"].click(next_from_model, e.of("model.state", *CHECK), e.of(*CHECKED, *NAV)).then(
+        **count_event).then(**estimate_event)
 
     # data step
-    def preview_of(ref, info, shape, mapping, max_length, val_fraction, dedupe):
+    def preview_of(ref, info, shape, mapping, max_length, val_fraction, dedupe) -> dict[str, Any]:
         if not ref:
             return data_step.render_preview(None)
         try:
@@ -116,161 +153,188 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored):
             return data_step.render_preview(None, data_step.error_box(str(exc)))
         return data_step.render_preview(prev, val_fraction=val_fraction, dedupe=dedupe)
 
-    def show(ref, info, shape, max_length, val_fraction, dedupe, *role_values, user_mapping=False):
-        mapping = data_step.mapping_from(roles_for(shape), role_values) if user_mapping and shape else None
-        return preview_of(ref, info, shape if user_mapping else None, mapping, max_length, val_fraction, dedupe)
+    def show(v: Values, shape: str | None, mapping: dict[str, str] | None) -> dict[str, Any]:
+        return preview_of(v["data.ref"], v["model.state"], shape, mapping, v["data.max_length"],
+                          v["data.val_fraction"], v["data.dedupe"])
 
-    preview_outputs = [ds.status, ds.shape, *ds.roles, ds.preview, ds.stats, ds.histogram]
-    preview_inputs = [ds.ref, ms.state, ds.shape, ds.max_length, ds.val_fraction, ds.dedupe, *ds.roles]
+    def preview_detected(data):
+        """New data: the shape and mapping the studio detects."""
+        v = e.values(data)
+        return e.updates(show(v, None, None)) if v["data.ref"] else gr.skip()
+
+    def preview_reshaped(data):
+        """Another shape picked: its mapping detected afresh."""
+        v = e.values(data)
+        return e.updates(show(v, v["data.shape"], None))
+
+    def preview_mapped(data):
+        """The person's shape and column mapping."""
+        v = e.values(data)
+        shape = v["data.shape"]
+        return e.updates(show(v, shape, data_step.mapping_from(shape, v) if shape else None))
+
+    preview_inputs, preview_outputs = e.of(PREVIEW_INPUTS), e.of(data_step.PREVIEW)
 
     def on_upload(path):
         import os
 
-        return data_step.register(ctx, path, os.path.basename(path) if path else None)
+        ref, status = data_step.register(ctx, path, os.path.basename(path) if path else None)
+        return e.updates({"data.ref": ref, "data.status": status})
 
-    ds.upload.upload(on_upload, ds.upload, [ds.ref, ds.status]).then(
-        lambda ref, *rest: show(ref, *rest) if ref else [gr.skip()] * len(preview_outputs),
-        preview_inputs, preview_outputs,
-    )
-    ds.bundled.input(lambda name: data_step.register_demo(ctx, name), ds.bundled, [ds.ref, ds.status]).then(
-        lambda ref, *rest: show(ref, *rest) if ref else [gr.skip()] * len(preview_outputs),
-        preview_inputs, preview_outputs,
-    )
-    def reshape(ref, info, shape, max_length, val_fraction, dedupe):
-        return preview_of(ref, info, shape, None, max_length, val_fraction, dedupe)
+    def on_demo(name):
+        ref, status = data_step.register_demo(ctx, name)
+        return e.updates({"data.ref": ref, "data.status": status})
 
-    ds.shape.input(reshape, [ds.ref, ms.state, ds.shape, ds.max_length, ds.val_fraction, ds.dedupe], preview_outputs)
-    ds.val_fraction.release(lambda *a: show(*a, user_mapping=True), preview_inputs, preview_outputs)
-    ds.dedupe.input(lambda *a: show(*a, user_mapping=True), preview_inputs, preview_outputs)
+    registered = e.of("data.ref", "data.status")
+    e["data.upload"].upload(on_upload, e["data.upload"], registered).then(preview_detected, preview_inputs,
+                                                                          preview_outputs)
+    e["data.bundled"].input(on_demo, e["data.bundled"], registered).then(preview_detected, preview_inputs,
+                                                                         preview_outputs)
+    e["data.shape"].input(preview_reshaped, preview_inputs, preview_outputs)
+    e["data.val_fraction"].release(preview_mapped, preview_inputs, preview_outputs)
+    e["data.dedupe"].input(preview_mapped, preview_inputs, preview_outputs)
+    for name in data_step.ROLES:
+        e[name].input(preview_mapped, preview_inputs, preview_outputs)
 
-    for role in ds.roles:
-        role.input(lambda *a: show(*a, user_mapping=True), preview_inputs, preview_outputs)
+    def next_from_data(data):
+        v = e.values(data)
+        ref, refusal = data_step.next_from_data(ctx, v["data.ref"], v["data.upload"])
+        return e.updates({"data.ref": ref, "data.status": refusal} if refusal else {"data.ref": ref, **_step(2)})
 
-    def next_from_data(ref, path):
-        ref, refusal = data_step.next_from_data(ctx, ref, path)
-        return (ref, gr.skip(), gr.skip(), refusal) if refusal else (ref, *_go(2)(), gr.skip())
-
-    ds.back.click(_go(0), None, nav)
-    ds.next.click(next_from_data, [ds.ref, ds.upload], [ds.ref, *nav, ds.status]).then(**count_event).then(
-        estimate_rows, estimate_inputs, estimate_outputs)
+    e["data.back"].click(go(0), None, e.of(NAV))
+    e["data.next"].click(next_from_data, e.of("data.ref", "data.upload"), e.of("data.ref", "data.status", *NAV)).then(
+        **count_event).then(**estimate_event)
 
     # method step
-    me.choice.change(lambda pt: method_step.show_method(me, pt), me.choice,
-                     [*me.groups.values(), me.summary]).then(**count_event).then(
-        estimate_rows, estimate_inputs, estimate_outputs)
-    for comp in me.inputs:
-        comp.change(**count_event)
-    me.back.click(_go(1), None, nav)
-    me.next.click(_go(3), None, nav)
+    e["method.choice"].change(lambda peft_type: e.updates(method_step.show_method(peft_type)), e["method.choice"],
+                              e.of(e.names("method.group."), "method.summary")).then(**count_event).then(
+        **estimate_event)
+    for name in method_fields:
+        e[name].change(**count_event)
+    e["method.back"].click(go(1), None, e.of(NAV))
+    e["method.next"].click(go(3), None, e.of(NAV))
 
     # train step
-    ts.preset.input(train_step.apply_preset, [ts.preset, me.choice], ts.preset_outputs())
+    def apply_preset(data):
+        v = e.values(data)
+        return e.updates(train_step.apply_preset(v["train.preset"], v["method.choice"]))
+
+    def follow_method(data):
+        v = e.values(data)
+        return e.updates(train_step.follow_method(v["method.choice"], v["train.learning_rate"],
+                                                  v["train.rate_method"]))
+
+    def learning_rate_note(data):
+        v = e.values(data)
+        return train_step.learning_rate_note(v["method.choice"], v["train.learning_rate"])
+
+    e["train.preset"].input(apply_preset, e.of("train.preset", "method.choice"), e.of(train_step.PRESET_FIELDS))
     # The learning rate follows the method (unless typed over); its note/warning follows both.
-    me.choice.change(train_step.follow_method, [me.choice, ts.lr, ts.rate_method], [ts.lr, ts.rate_method],
-                     show_progress="hidden")
-    gr.on([me.choice.change, ts.lr.change], train_step.learning_rate_note, [me.choice, ts.lr], ts.lr_note,
-          show_progress="hidden")
-    ts.back.click(_go(2), None, nav)
+    e["method.choice"].change(follow_method, e.of("method.choice", "train.learning_rate", "train.rate_method"),
+                              e.of("train.learning_rate", "train.rate_method"), show_progress="hidden")
+    gr.on([e["method.choice"].change, e["train.learning_rate"].change], learning_rate_note,
+          e.of("method.choice", "train.learning_rate"), e["train.lr_note"], show_progress="hidden")
+    e["train.back"].click(go(2), None, e.of(NAV))
 
-    submit_inputs = [ms.state, ms.bundled, ms.custom, ms.trust, ms.precision, ms.quantization, ds.ref, ds.shape,
-                     ds.val_fraction, ds.dedupe, ds.max_length, *ds.roles, *method_inputs, *ts.values()]
-    n_roles, n_method = len(ds.roles), len(method_inputs)
-
-    def spec_from(info, bundled, custom, trust, precision, quantization, ref, shape, val_fraction, dedupe, max_length,
-                  *rest):
+    def spec_from(v: Values) -> RunSpec:
         """The RunSpec for the wizard's current values (raises with a message naming the field)."""
-        role_values = rest[:n_roles]
-        peft_type, *method_values = rest[n_roles:n_roles + n_method]
-        (name, epochs, lr, batch, max_steps, grad_accum, warmup, scheduler, weight_decay, eval_every,
-         checkpoint_every, seed) = rest[n_roles + n_method:]
-        if not ref:
+        if not v["data.ref"]:
             raise ValueError("data: no dataset yet; go back to step 2 and upload a file or pick a demo")
+        info, shape, peft_type = v["model.state"], v["data.shape"], v["method.choice"]
         return build_spec(WizardChoices(
-            name=name, model=model_step.chosen_ref(bundled, custom), dataset=ref, peft_type=peft_type,
-            method_values=method_step.values_for(me, peft_type, tuple(method_values)),
-            shape=shape or "auto", mapping=data_step.mapping_from(roles_for(shape), role_values) if shape
-            else {}, model_tasks=info.tasks if info is not None else (), trust_remote_code=trust,
-            precision=precision, quantization=quantization, val_fraction=val_fraction, dedupe=bool(dedupe),
-            max_length=max_length or 512, epochs=epochs, learning_rate=lr, batch_size=batch,
-            max_steps=max_steps or 0, grad_accum=grad_accum, warmup_steps=warmup, scheduler=scheduler,
-            weight_decay=weight_decay, eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed,
+            model=model_step.chosen_ref(v["model.bundled"], v["model.custom"]), dataset=v["data.ref"],
+            peft_type=peft_type, method_values=method_step.values_for(peft_type, v), shape=shape or "auto",
+            mapping=data_step.mapping_from(shape, v), model_tasks=info.tasks if info is not None else (),
+            trust_remote_code=v["model.trust"], precision=v["model.precision"],
+            quantization=v["model.quantization"], val_fraction=v["data.val_fraction"],
+            dedupe=bool(v["data.dedupe"]), max_length=v["data.max_length"] or 512,
+            **train_step.training_choices(v),
         ))
 
-    def review(*values):
+    def review(data):
         try:
-            return spec_from(*values).to_yaml(), ""
+            return e.updates({"train.yaml": spec_from(e.values(data)).to_yaml(), "train.message": ""})
         except Exception as exc:
-            return gr.skip(), data_step.error_box(str(exc))
+            return e.updates({"train.message": data_step.error_box(str(exc))})
 
-    def submit(*values):
+    def submit(data):
         try:
-            run_id = runs.create_run(ctx, spec_from(*values))
+            run_id = runs.create_run(ctx, spec_from(e.values(data)))
         except Exception as exc:
-            return gr.skip(), data_step.error_box(str(exc)), gr.skip(), gr.skip(), gr.skip()
+            return e.updates({"train.message": data_step.error_box(str(exc))})
         # Submitted, the wizard is no longer a draft: a reload shows the run, and a fresh wizard.
-        return (gr.Tabs(selected="run"), f"Run #{run_id} queued.",
-                gr.Dropdown(choices=run_view.run_choices(ctx), value=run_id), None, draft_ui.EMPTY)
+        return e.updates({"page.tabs": gr.Tabs(selected="run"), "train.message": f"Run #{run_id} queued.",
+                          "run.picker": gr.Dropdown(choices=run_view.run_choices(ctx), value=run_id),
+                          "run.seen": None, STORED: draft_ui.EMPTY})
 
-    me.next.click(review, submit_inputs, [ts.yaml, ts.message])
-    for comp in ts.values():
-        comp.change(review, submit_inputs, [ts.yaml, ts.message])
+    spec_inputs, previewed = e.of(SPEC, "method.choice", method_fields), e.of("train.yaml", "train.message")
+    e["method.next"].click(review, spec_inputs, previewed)
+    for name in train_step.VALUES:
+        e[name].change(review, spec_inputs, previewed)
 
-    ts.submit.click(submit, submit_inputs, [tabs, ts.message, rv.picker, rv.seen, stored]).then(
-        None, rv.picker, None, js=run_view.SET_URL_JS
-    )
+    e["train.submit"].click(submit, spec_inputs, e.of("page.tabs", "train.message", "run.picker", "run.seen", STORED)
+                            ).then(None, e["run.picker"], None, js=run_view.SET_URL_JS)
 
     # the draft: every change saved to the browser; on load, values back, then the model and data redone
-    fields = draft_ui.fields(ms, ds, me, ts, at_step)
-    loaded = gr.State(None)  # the draft as it was at load: saving starts again as soon as values come back
+    fields = draft_ui.fields(e, restored=[*model_step.FIELDS, *data_step.FIELDS, *method_step.fields(),
+                                          *train_step.FIELDS, "wizard.step"], derived=list(DERIVED))
 
     def on_step_clicked(evt: gr.SelectData):
         return evt.index if isinstance(evt.index, int) else gr.skip()
 
-    wizard.select(on_step_clicked, None, at_step)
+    e["wizard.walkthrough"].select(on_step_clicked, None, e["wizard.step"])
+
+    def save(data):
+        v = e.values(data)
+        return draft_ui.save(fields, v[STORED], v)
+
     # always_last: one save in flight at a time and the newest values last, so a slow reply to an
     # earlier keystroke can never overwrite a later draft.
-    gr.on([c.change for c in fields.components], lambda current, *v: draft_ui.save(fields, current, *v),
-          [stored, *fields.components], stored,
+    gr.on([e[name].change for name in fields.names], save, e.of(STORED, fields.names), e[STORED],
           queue=False, show_progress="hidden", api_visibility="private", trigger_mode="always_last")
 
-    def restore(draft, fresh_page=True):
+    def restore(draft, fresh_page: bool) -> dict[str, Any]:
         step = draft_ui.stored(fields, draft).get("wizard.step")
-        return [*draft_ui.restore(fields, draft, fresh_page),
-                gr.Walkthrough(selected=step) if step is not None else gr.skip(), draft]
+        walkthrough = {"wizard.walkthrough": gr.Walkthrough(selected=step)} if step is not None else {}
+        return e.updates({**draft_ui.restore(fields, draft, fresh_page), **walkthrough, LOADED: draft})
 
-    def recheck(draft, bundled, custom, trust):
-        values = draft_ui.stored(fields, draft)
-        checked = values.get("model.info", "") not in ("", t("model.info.empty"))
-        if not checked and not values.get("wizard.step"):
-            return gr.skip(), gr.skip()  # the model was never checked
-        return check(bundled, custom, trust)
+    def restore_on_load(draft):
+        return restore(draft, fresh_page=True)
 
-    def repreview(draft, ref, info, max_length, val_fraction, dedupe):
-        if not ref:
-            return [gr.skip()] * len(preview_outputs)
-        values = draft_ui.stored(fields, draft)
+    def restore_reused(draft):
+        return restore(draft, fresh_page=False)
+
+    def recheck(data):
+        v = e.values(data)
+        values = draft_ui.stored(fields, v[LOADED])
+        if not values.get("model.checked") and not values.get("wizard.step"):
+            return gr.skip()  # the model was never checked
+        return e.updates(model_step.check_model(v["model.bundled"], v["model.custom"], v["model.trust"], models_dir))
+
+    def repreview(data):
+        v = e.values(data)
+        if not v["data.ref"]:
+            return gr.skip()
+        values = draft_ui.stored(fields, v[LOADED])
         shape = values.get("data.shape")
-        roles = [values.get(f"data.role.{i}") for i in range(len(ds.roles))]
-        mapping = data_step.mapping_from(roles_for(shape), tuple(roles)) if shape else None
-        return preview_of(ref, info, shape or None, mapping or None, max_length, val_fraction, dedupe)
+        return e.updates(show(v, shape or None, data_step.mapping_from(shape, values) or None))
 
-    ms.start_over.click(None, None, None, js=draft_ui.START_OVER_JS)
+    e["model.start_over"].click(None, None, None, js=draft_ui.START_OVER_JS)
 
-    restore_outputs = [*fields.restore_outputs(), wizard, loaded]
+    restore_outputs = e.of(fields.restored, "wizard.walkthrough", LOADED)
 
     def redo_derived(restored):
         """After the fields are back: the model check, the data preview and the counts, redone."""
-        restored.then(recheck, [loaded, ms.bundled, ms.custom, ms.trust], [ms.state, ms.info]).then(
-            repreview, [loaded, ds.ref, ms.state, ds.max_length, ds.val_fraction, ds.dedupe], preview_outputs).then(
-            **count_event).then(estimate_rows, estimate_inputs, estimate_outputs)
+        restored.then(recheck, e.of(LOADED, *CHECK), e.of(CHECKED)).then(
+            repreview, e.of(LOADED, *PREVIEW_INPUTS), preview_outputs).then(**count_event).then(**estimate_event)
 
-    redo_derived(demo.load(restore, stored, restore_outputs, api_visibility="private"))
+    redo_derived(demo.load(restore_on_load, e[STORED], restore_outputs, api_visibility="private"))
 
     def open_in_wizard(trigger) -> None:
         """``trigger`` has just stored a draft: put it in the wizard (every field) and bring it to the front."""
-        cleared = trigger.then(lambda: data_step.render_preview(None), None, preview_outputs)
-        redo_derived(cleared.then(lambda draft: restore(draft, fresh_page=False), stored, restore_outputs).then(
-            lambda: gr.Tabs(selected="new"), None, tabs).then(None, None, None, js=run_view.CLEAR_URL_JS))
+        cleared = trigger.then(lambda: e.updates(data_step.render_preview(None)), None, preview_outputs)
+        redo_derived(cleared.then(restore_reused, e[STORED], restore_outputs).then(
+            lambda: gr.Tabs(selected="new"), None, e["page.tabs"]).then(None, None, None, js=run_view.CLEAR_URL_JS))
 
     return open_in_wizard
 
@@ -278,8 +342,8 @@ def _wire_wizard(ctx, demo, wizard, tabs, ms, ds, me, ts, rv, stored):
 MERGE_PROGRESS = gr.Progress()  # Gradio finds it as a default argument and feeds it the build's stages
 
 
-def _wire_run_view(ctx, demo, tabs, rv, stored) -> None:
-    outputs = [rv.header, rv.progress, rv.chart, rv.log, rv.cancel, rv.download, rv.merge, rv.merged, rv.seen]
+def _wire_run_view(ctx, demo, e: Elements) -> None:
+    drawn = e.of(run_view.DRAWN)
 
     def on_load(draft, request: gr.Request):
         raw = (request.query_params.get("run") if request is not None else None) or ""
@@ -288,76 +352,112 @@ def _wire_run_view(ctx, demo, tabs, rv, stored) -> None:
         active = run_view.active_run(ctx)
         if raw:  # a link shows its run, or says why it cannot, whatever else is waiting
             run_id, missing = run_view.linked_run(ctx, raw)
-            return (gr.Dropdown(choices=run_view.run_choices(ctx), value=run_id), gr.Tabs(selected="run"),
-                    missing or gr.skip())
+            return e.updates({"run.picker": gr.Dropdown(choices=run_view.run_choices(ctx), value=run_id),
+                              "page.tabs": gr.Tabs(selected="run"), "run.message": missing or gr.skip()})
         run_id = active or run_view.latest_run(ctx)
         front = active is not None and not draft_service.has_values(draft)
-        return (gr.Dropdown(choices=run_view.run_choices(ctx), value=run_id),
-                gr.Tabs(selected="run") if front else gr.skip(), gr.skip())
+        return e.updates({"run.picker": gr.Dropdown(choices=run_view.run_choices(ctx), value=run_id),
+                          "page.tabs": gr.Tabs(selected="run") if front else gr.skip()})
 
     # A link (?run=N) wins over a waiting draft; only after this has placed the page may a tab change
     # rewrite the address (run_view.CLEAR_URL_JS).
-    demo.load(on_load, stored, [rv.picker, tabs, rv.message], api_visibility="private").then(
+    demo.load(on_load, e[STORED], e.of("run.picker", "page.tabs", "run.message"), api_visibility="private").then(
         None, None, None, js=run_view.URL_READY_JS)
-    # Switching to a run clears the last run's message ("Run #3: cancelling.", a merge error).
-    rv.picker.change(lambda rid: [*run_view.draw(ctx, rid, None), "" if rid else gr.skip()], rv.picker,
-                     [*outputs, rv.message]).then(
+
+    def switch(run_id):
+        # Switching to a run clears the last run's message ("Run #3: cancelling.", a merge error).
+        return e.updates({**run_view.draw(ctx, run_id, None), "run.message": "" if run_id else gr.skip()})
+
+    def tick(data):
+        v = e.values(data)
+        return e.updates(run_view.draw(ctx, v["run.picker"], v["run.seen"]))
+
+    def merge(run_id, progress=MERGE_PROGRESS):
+        return e.updates(run_view.prepare_merged(ctx, run_id, progress))
+
+    picker = e["run.picker"]
+    picker.change(switch, picker, e.of(run_view.DRAWN, "run.message")).then(
         None, None, None, js=run_view.FOLLOW_LOG_AGAIN_JS)
-    rv.picker.input(None, rv.picker, None, js=run_view.SET_URL_JS)
-    rv.refresh.click(lambda: gr.Dropdown(choices=run_view.run_choices(ctx)), None, rv.picker)
-    rv.timer.tick(lambda rid, seen: run_view.draw(ctx, rid, seen), [rv.picker, rv.seen], outputs,
-                  api_visibility="private", show_progress="hidden", queue=False).then(
-        None, None, None, js=run_view.FOLLOW_LOG_JS)
-    rv.cancel.click(lambda rid: run_view.cancel(ctx, rid), rv.picker, rv.message)
-    rv.merge.click(lambda rid, progress=MERGE_PROGRESS: run_view.prepare_merged(ctx, rid, progress), rv.picker,
-                   [rv.message, rv.merge, rv.merged])
+    picker.input(None, picker, None, js=run_view.SET_URL_JS)
+    e["run.refresh"].click(lambda: gr.Dropdown(choices=run_view.run_choices(ctx)), None, picker)
+    e["run.timer"].tick(tick, e.of("run.picker", "run.seen"), drawn, api_visibility="private",
+                        show_progress="hidden", queue=False).then(None, None, None, js=run_view.FOLLOW_LOG_JS)
+    e["run.cancel"].click(lambda run_id: run_view.cancel(ctx, run_id), picker, e["run.message"])
+    e["run.merge"].click(merge, picker, e.of("run.message", "run.merge", "run.merged"))
 
 
-def _wire_runs(ctx, demo, tabs, rt, rv, tab_item, stored, open_in_wizard) -> None:
-    def refresh(status, text):
-        frame, choices = runs_tab.table_and_choices(ctx, status, text)
-        return frame, gr.Dropdown(choices=choices), gr.Dropdown(choices=choices)
+def _wire_address(e: Elements) -> None:
+    """The address says which run is in front while the run view is (``?run=N``), and nothing otherwise."""
+    e["page.tab.run"].select(None, e["run.picker"], None, js=run_view.SET_URL_JS)
+    for name in ("page.tab.new", "page.tab.runs", "page.tab.playground"):
+        e[name].select(None, None, None, js=run_view.CLEAR_URL_JS)
 
-    refresh_outputs = [rt.table, rt.selected, rt.compare]
-    for ev in (rt.refresh.click, rt.status.change, rt.text.submit):
-        ev(refresh, [rt.status, rt.text], refresh_outputs)
-    demo.load(refresh, [rt.status, rt.text], refresh_outputs, api_visibility="private")
-    tab_item.select(refresh, [rt.status, rt.text], refresh_outputs, api_visibility="private")
-    rt.selected.change(lambda rid: runs_tab.detail(ctx, rid), rt.selected, [rt.config, rt.download_yaml])
-    rt.delete.click(lambda rid, ok: runs_tab.delete(ctx, rid, ok), [rt.selected, rt.confirm], rt.message).then(
-        refresh, [rt.status, rt.text], refresh_outputs)
+
+def _wire_runs(ctx, demo, e: Elements, open_in_wizard) -> None:
+    tab = e["page.tab.runs"]
+
+    def refresh(data):
+        v = e.values(data)
+        frame, choices = runs_tab.table_and_choices(ctx, v["runs.status"], v["runs.text"])
+        return e.updates({"runs.table": frame, "runs.selected": gr.Dropdown(choices=choices),
+                          "runs.compare": gr.Dropdown(choices=choices)})
+
+    refreshed = dict(fn=refresh, inputs=e.of("runs.status", "runs.text"),
+                     outputs=e.of("runs.table", "runs.selected", "runs.compare"))
+    for ev in (e["runs.refresh"].click, e["runs.status"].change, e["runs.text"].submit):
+        ev(**refreshed)
+    demo.load(**refreshed, api_visibility="private")
+    tab.select(**refreshed, api_visibility="private")
+
+    def delete(data):
+        v = e.values(data)
+        return runs_tab.delete(ctx, v["runs.selected"], v["runs.confirm"])
+
+    selected = e["runs.selected"]
+    selected.change(lambda run_id: e.updates(runs_tab.detail(ctx, run_id)), selected,
+                    e.of("runs.config", "runs.download_yaml"))
+    e["runs.delete"].click(delete, e.of("runs.selected", "runs.confirm"), e["runs.message"]).then(**refreshed)
+
     # "New run from this one" redoes the model check and data preview in the wizard, which can take
     # a while on a busy CPU: say so at once (unqueued) and keep saying it until the wizard opens.
-    def reuse(rid):
-        stored_draft, message = runs_tab.draft_from_run(ctx, rid)
-        return stored_draft, message or gr.skip()
+    def reuse(run_id):
+        stored_draft, message = runs_tab.draft_from_run(ctx, run_id)
+        return e.updates({STORED: stored_draft, "runs.message": message or gr.skip()})
 
-    busy = rt.reuse.click(lambda rid: t("runs.reuse.busy", run=rid) if rid else gr.skip(), rt.selected,
-                          rt.message, queue=False, show_progress="hidden")
-    open_in_wizard(busy.then(reuse, rt.selected, [stored, rt.message]))
-    tab_item.select(lambda: "", None, rt.message, queue=False, show_progress="hidden")  # a message is for its moment
-    rt.open_run.click(lambda rid: (gr.Tabs(selected="run"), gr.Dropdown(choices=run_view.run_choices(ctx),
-                                                                         value=rid)),
-                      rt.selected, [tabs, rv.picker]).then(None, rv.picker, None, js=run_view.SET_URL_JS)
+    def open_run(run_id):
+        return e.updates({"page.tabs": gr.Tabs(selected="run"),
+                          "run.picker": gr.Dropdown(choices=run_view.run_choices(ctx), value=run_id)})
+
+    busy = e["runs.reuse"].click(lambda run_id: t("runs.reuse.busy", run=run_id) if run_id else gr.skip(), selected,
+                                 e["runs.message"], queue=False, show_progress="hidden")
+    open_in_wizard(busy.then(reuse, selected, e.of(STORED, "runs.message")))
+    tab.select(lambda: "", None, e["runs.message"], queue=False, show_progress="hidden")  # a message is for its moment
+    e["runs.open_run"].click(open_run, selected, e.of("page.tabs", "run.picker")).then(
+        None, e["run.picker"], None, js=run_view.SET_URL_JS)
 
 
-def _wire_playground(ctx, demo, pt, pg, tab_item) -> None:
+def _wire_playground(ctx, demo, e: Elements, pg) -> None:
     def choices(current):
         return playground_tab.run_choices(ctx, current)
 
+    run, tab = e["play.run"], e["page.tab.playground"]
     # Refreshed whenever the tab is opened: a run that finished meanwhile is there (and picked).
-    pt.refresh.click(choices, pt.run, pt.run)
-    demo.load(choices, pt.run, pt.run, api_visibility="private")
-    tab_item.select(choices, pt.run, pt.run, api_visibility="private")
-    pt.run.change(lambda rid: playground_tab.show_for_run(ctx, rid), pt.run, pt.show_outputs())
+    e["play.refresh"].click(choices, run, run)
+    demo.load(choices, run, run, api_visibility="private")
+    tab.select(choices, run, run, api_visibility="private")
+    run.change(lambda run_id: e.updates(playground_tab.show_for_run(ctx, run_id)), run, e.of(playground_tab.FOR_RUN))
 
-    def respond(rid, prompt, base, tuned, n, temp, top):
-        yield from playground_tab.respond(pg, rid, prompt, base, tuned, n, temp, top)
+    def respond(data):
+        v = e.values(data)
+        for reply in playground_tab.respond(pg, v["play.run"], v["play.prompt"], v["play.base"], v["play.tuned"],
+                                            v["play.max_new_tokens"], v["play.temperature"], v["play.top_p"]):
+            yield e.updates(reply)
 
-    inputs = [pt.run, pt.prompt, pt.base, pt.tuned, pt.max_new_tokens, pt.temperature, pt.top_p]
-    for trigger in (pt.generate.click, pt.prompt.submit):
-        trigger(respond, inputs, pt.respond_outputs(), show_progress="minimal")
-    pt.clear.click(playground_tab.clear, None, [pt.base, pt.tuned, pt.status])
+    inputs = e.of("play.run", "play.prompt", "play.base", "play.tuned", "play.max_new_tokens", "play.temperature",
+                  "play.top_p")
+    for trigger in (e["play.generate"].click, e["play.prompt"].submit):
+        trigger(respond, inputs, e.of(playground_tab.REPLY), show_progress="minimal")
+    e["play.clear"].click(lambda: e.updates(playground_tab.clear()), None, e.of("play.base", "play.tuned", "play.status"))
 
 
-__all__ = ["build_app", "labels"]
+__all__ = ["build_app", "build_page", "labels"]

@@ -94,13 +94,28 @@ def test_restoring_into_a_used_page_sets_every_field_and_forgets_an_old_dataset(
     import gradio as gr
 
     from app.ui import draft as draft_ui
+    from app.ui.elements import Elements
 
+    elems = Elements()
     with gr.Blocks():
-        fields = draft_ui.DraftFields(
-            keys=["data.ref", "train.name", "train.seed"], components=[gr.State(None), gr.Textbox(""), gr.Number(42)],
-            restored=["data.ref", "train.name", "train.seed"], accept={"data.ref": is_registered_ref})
+        elems.add_all({"data.ref": gr.State(None), "train.name": gr.Textbox(""), "train.seed": gr.Number(42)})
+    fields = draft_ui.fields(elems, restored=["data.ref", "train.name", "train.seed"], derived=[])
     stored = draft.pack(["train.name", "train.seed"], ["again", 42])
-    on_load = draft_ui.restore(fields, stored, fresh_page=True)
-    assert on_load[1] == "again" and all(isinstance(v, type(gr.skip())) for v in (on_load[0], on_load[2]))
+    assert draft_ui.restore(fields, stored, fresh_page=True) == {"train.name": "again"}  # defaults left alone
     into_used_page = draft_ui.restore(fields, stored, fresh_page=False)
-    assert into_used_page == [None, "again", 42]
+    assert into_used_page == {"data.ref": None, "train.name": "again", "train.seed": 42}
+
+
+def test_a_page_showing_only_its_defaults_stores_no_draft_until_something_is_typed():
+    import gradio as gr
+
+    from app.ui import draft as draft_ui
+    from app.ui.elements import Elements
+
+    elems = Elements()
+    with gr.Blocks():
+        elems.add_all({"train.name": gr.Textbox(""), "model.checked": gr.State(False)})
+    fields = draft_ui.fields(elems, restored=["train.name"], derived=["model.checked"])
+    assert draft_ui.save(fields, None, {"train.name": None, "model.checked": False}) == gr.skip()
+    saved = draft_ui.save(fields, None, {"train.name": "mine", "model.checked": False})
+    assert draft.unpack(saved, fields.names) == {"train.name": "mine", "model.checked": False}

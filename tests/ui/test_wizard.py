@@ -94,12 +94,12 @@ def test_the_train_step_follows_the_method_unless_the_rate_was_typed():
     from app.ui.steps import train as train_step
 
     ia3, lora = tuners.METHODS["IA3"].learning_rate, tuners.METHODS["LORA"].learning_rate
-    assert train_step.follow_method("IA3", lora, "LORA") == (ia3, "IA3")
-    same, kept = train_step.follow_method("LORA", lora, "LORA")  # a repeated event rewrites nothing
-    assert not isinstance(same, float) and not isinstance(kept, str)
-    typed, followed = train_step.follow_method("IA3", 0.0123, "LORA")
-    assert followed == "IA3" and not isinstance(typed, float)  # gr.skip(): the typed rate stays
-    assert train_step.apply_preset("quick", "IA3")[1] == ia3
+    assert train_step.follow_method("IA3", lora, "LORA") == {"train.learning_rate": ia3, "train.rate_method": "IA3"}
+    assert train_step.follow_method("LORA", lora, "LORA") == {}  # a repeated event rewrites nothing
+    # a typed rate stays (no learning rate in the answer); the method is followed from now on
+    assert train_step.follow_method("IA3", 0.0123, "LORA") == {"train.rate_method": "IA3"}
+    assert train_step.apply_preset("quick", "IA3")["train.learning_rate"] == ia3
+    assert set(train_step.apply_preset("quick", "IA3")) == set(train_step.PRESET_FIELDS)
     note = train_step.learning_rate_note("IA3", 5e-6)
     assert "Warning" in note and "200× below" in note and "(IA)³" in note
     assert "Warning" not in train_step.learning_rate_note("IA3", ia3)

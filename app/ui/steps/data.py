@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pandas as pd
+from gradio.blocks import Block
 
 from app.core.refs import registered_ref
 from app.services import data_preview
@@ -18,25 +19,13 @@ MAX_ROLES = 5
 FILE_TYPES = [".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt", ".zip"]
 
 
-@dataclass
-class DataStep:
-    upload: gr.File
-    bundled: gr.Dropdown
-    status: gr.Markdown
-    shape: gr.Dropdown
-    roles: list[gr.Dropdown]
-    val_fraction: gr.Slider
-    dedupe: gr.Checkbox
-    max_length: gr.Number
-    preview: gr.Dataframe
-    stats: gr.Markdown
-    histogram: gr.Image
-    ref: gr.State  # dataset reference for the spec ("dataset:3" or a bundled name)
-    back: gr.Button
-    next: gr.Button
-
-    def mapping_outputs(self) -> list:
-        return [self.shape, *self.roles, self.preview, self.stats, self.histogram]
+# What a person sets on this step (kept in the wizard's draft); ``data.ref`` is the dataset reference
+# for the spec ("dataset:3"), set by an upload or a demo pick.
+FIELDS = ("data.bundled", "data.val_fraction", "data.dedupe", "data.max_length", "data.ref")
+# The column picked for each role of the data's shape, in the shape's order (app.services.data_preview.roles_for).
+ROLES = tuple(f"data.role.{i}" for i in range(MAX_ROLES))
+# What a preview shows (render_preview answers for each).
+PREVIEW = ("data.status", "data.shape", *ROLES, "data.preview", "data.stats", "data.histogram")
 
 
 def _safe(call, default):
@@ -46,14 +35,16 @@ def _safe(call, default):
         return default
 
 
-def build() -> DataStep:
+def build() -> dict[str, Block]:
+    """The step's components by name: the fields and roles above, what the preview shows, the buttons."""
     bundled_names = _safe(data_preview.bundled_choices, [])
     with gr.Row():
         upload = gr.File(label=t("data.upload"), file_types=FILE_TYPES, type="filepath", elem_id="data-upload",
                          scale=3)
         with gr.Column(scale=2):
             bundled = gr.Dropdown(bundled_names, value=None, label=t("data.bundled"), elem_id="data-bundled")
-            val_fraction = gr.Slider(0.0, 0.5, value=0.1, step=0.05, label=t("data.val_fraction"))
+            val_fraction = gr.Slider(0.0, 0.5, value=0.1, step=0.05, label=t("data.val_fraction"),
+                                     elem_id="data-val-fraction")
             dedupe = gr.Checkbox(True, label=t("data.dedupe"), info=t("data.dedupe.info"), elem_id="data-dedupe")
             max_length = gr.Number(512, precision=0, minimum=8, label=t("data.max_length"), elem_id="data-max-length")
     status = gr.Markdown(t("data.empty"), elem_id="data-status")
@@ -67,12 +58,13 @@ def build() -> DataStep:
         stats = gr.Markdown(elem_id="data-stats")
         histogram = gr.Image(label=t("data.lengths"), show_label=False, type="pil", interactive=False, height=240,
                              elem_id="data-histogram", visible=False)
-    ref = gr.State(None)
     with gr.Row():
         back = gr.Button(t("back"), elem_id="data-back")
         nxt = gr.Button(t("next"), variant="primary", elem_id="data-next")
-    return DataStep(upload, bundled, status, shape, roles, val_fraction, dedupe, max_length, preview, stats, histogram,
-                    ref, back, nxt)
+    return {"data.upload": upload, "data.bundled": bundled, "data.val_fraction": val_fraction, "data.dedupe": dedupe,
+            "data.max_length": max_length, "data.status": status, "data.shape": shape,
+            **dict(zip(ROLES, roles, strict=True)), "data.preview": preview, "data.stats": stats,
+            "data.histogram": histogram, "data.ref": gr.State(None), "data.back": back, "data.next": nxt}
 
 
 def error_box(message: str) -> str:
@@ -80,7 +72,7 @@ def error_box(message: str) -> str:
 
 
 def register(ctx, path: str | None, original_name: str | None = None) -> tuple[str | None, str]:
-    """Upload -> registered dataset ref, or an error message."""
+    """Upload -> (registered dataset ref, "") or (None, an error message)."""
     if not path:
         return None, t("data.empty")
     try:
@@ -105,7 +97,7 @@ def next_from_data(ctx, ref: str | None, upload_path: str | None) -> tuple[str |
 
 
 def register_demo(ctx, name: str | None) -> tuple[str | None, str]:
-    """Demo dataset -> registered dataset ref, or an error message."""
+    """Demo dataset -> (registered dataset ref, "") or (None, an error message)."""
     if not name:
         return None, t("data.empty")
     try:
@@ -116,12 +108,13 @@ def register_demo(ctx, name: str | None) -> tuple[str | None, str]:
 
 
 def render_preview(prev: data_preview.DataPreview | None, error: str | None = None,
-                   val_fraction: float = 0.1, dedupe: bool = True) -> list[Any]:
-    """Values for [status, shape, *roles, preview, stats, histogram]."""
-    hidden = [gr.update(visible=False, value=None) for _ in range(MAX_ROLES)]
+                   val_fraction: float = 0.1, dedupe: bool = True) -> dict[str, Any]:
+    """What the step shows for ``prev`` (or for no data yet), for each name of ``PREVIEW``."""
     if prev is None:
-        return [error or t("data.empty"), gr.update(value=None), *hidden, gr.update(value=None, visible=False), "",
-                gr.update(value=None, visible=False)]
+        return {"data.status": error or t("data.empty"), "data.shape": gr.update(value=None),
+                **{name: gr.update(visible=False, value=None) for name in ROLES},
+                "data.preview": gr.update(value=None, visible=False), "data.stats": "",
+                "data.histogram": gr.update(value=None, visible=False)}
     roles = []
     for i in range(MAX_ROLES):
         if i < len(prev.roles):
@@ -138,8 +131,9 @@ def render_preview(prev: data_preview.DataPreview | None, error: str | None = No
     frame = pd.DataFrame(prev.head).astype(str).map(_short) if prev.head else None
     stats_md = _stats_markdown(data_preview.summary_rows(prev.stats, val_fraction, dedupe))
     hist = _png_image(prev.histogram_png) if prev.histogram_png else None
-    return [status, gr.update(value=prev.shape), *roles, gr.update(value=frame, visible=frame is not None),
-            stats_md, gr.update(value=hist, visible=hist is not None)]
+    return {"data.status": status, "data.shape": gr.update(value=prev.shape), **dict(zip(ROLES, roles, strict=True)),
+            "data.preview": gr.update(value=frame, visible=frame is not None), "data.stats": stats_md,
+            "data.histogram": gr.update(value=hist, visible=hist is not None)}
 
 
 def _short(text: str, limit: int = 160) -> str:
@@ -162,5 +156,9 @@ def _stats_markdown(rows: list[tuple[str, str]]) -> str:
     return "\n".join(f"- **{label}**: {value}" for label, value in rows)
 
 
-def mapping_from(prev_roles: list[str], values: tuple) -> dict[str, str]:
-    return {role: v for role, v in zip(prev_roles, values) if v}
+def mapping_from(shape: str | None, values: Mapping[str, Any]) -> dict[str, str]:
+    """The column mapping of ``shape`` from the role fields' values by name (``data.role.<i>`` holds the
+    column of the shape's i-th role); roles left empty are left out."""
+    if not shape:
+        return {}
+    return {role: values.get(name) for role, name in zip(data_preview.roles_for(shape), ROLES) if values.get(name)}

@@ -1,16 +1,18 @@
 """Wizard step 3: every method of the tuner core, each with its own fields, defaults and help.
 
 Built from ``app.services.method_form`` at start-up, so a method added to ``tuners.METHODS`` shows
-up here with no UI change. One group of widgets per method; only the chosen one is visible.
+up here with no UI change. One group of widgets per method; only the chosen one is visible. Each
+field is named ``method.<PEFT_TYPE>.<field>`` (``method.LORA.r``), its group ``method.group.<PEFT_TYPE>``.
 """
 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import gradio as gr
+from gradio.blocks import Block
 
 from app.services import method_form
 from app.ui.labels import method_field_label, t
@@ -19,20 +21,6 @@ from app.ui.labels import method_field_label, t
 # own line when the page is narrower than three fields' minimum width.
 PER_ROW = 3
 MIN_WIDTH = 220
-
-
-@dataclass
-class MethodStep:
-    choice: gr.Dropdown
-    groups: dict[str, gr.Column]
-    inputs: list[gr.components.Component]
-    keys: list[tuple[str, str]]  # (peft_type, field name) for each of ``inputs``
-    summary: gr.Markdown
-    count: gr.Markdown
-    trainable: gr.State
-    back: gr.Button
-    next: gr.Button
-    summaries: dict[str, str] = field(default_factory=dict)
 
 
 def _widget(spec: method_form.FieldSpec, peft_type: str) -> gr.components.Component:
@@ -51,7 +39,21 @@ def _widget(spec: method_form.FieldSpec, peft_type: str) -> gr.components.Compon
     return gr.Textbox(value, placeholder=placeholder, **common)
 
 
-def _grid(specs: list[method_form.FieldSpec], peft_type: str, inputs: list, keys: list) -> None:
+def field_name(peft_type: str, name: str) -> str:
+    return f"method.{peft_type}.{name}"
+
+
+def form_fields() -> list[str]:
+    """Every method's fields by name (what the trainable count and the spec read)."""
+    return [field_name(form.peft_type, spec.name) for form in method_form.all_method_forms() for spec in form.fields]
+
+
+def fields() -> list[str]:
+    """What a person sets on this step (kept in the wizard's draft): the method and every method's fields."""
+    return ["method.choice", *form_fields()]
+
+
+def _grid(specs: list[method_form.FieldSpec], peft_type: str, named: dict[str, Block]) -> None:
     """The fields in rows of ``PER_ROW``: value fields first, then the on/off switches in rows of their own.
 
     A short last row is padded so its columns line up with the rows above. A checkbox takes no minimum
@@ -65,63 +67,68 @@ def _grid(specs: list[method_form.FieldSpec], peft_type: str, inputs: list, keys
                 for spec in chunk:
                     if spec.kind == "bool":
                         with gr.Column(min_width=MIN_WIDTH):
-                            inputs.append(_widget(spec, peft_type))
+                            named[field_name(peft_type, spec.name)] = _widget(spec, peft_type)
                     else:
-                        inputs.append(_widget(spec, peft_type))
-                    keys.append((peft_type, spec.name))
+                        named[field_name(peft_type, spec.name)] = _widget(spec, peft_type)
                 for _ in range(PER_ROW - len(chunk)):  # an empty column: wraps away when the window is narrow
                     gr.Column(min_width=MIN_WIDTH)
 
 
-def build() -> MethodStep:
+def build() -> dict[str, Block]:
+    """The step's components by name: ``method.choice``, each method's group and fields (above),
+    ``method.summary``, ``method.count`` and ``method.trainable`` (the count's number), the buttons."""
     forms = method_form.all_method_forms()
     choices = method_form.method_choices()
     first = "LORA" if any(f.peft_type == "LORA" for f in forms) else forms[0].peft_type
-    choice = gr.Dropdown(choices, value=first, label=t("method.choice"), elem_id="method-choice")
-    summaries = {f.peft_type: f.summary for f in forms}
-    summary = gr.Markdown(summaries.get(first, ""), elem_id="method-summary")
-    groups: dict[str, gr.Column] = {}
-    inputs: list[gr.components.Component] = []
-    keys: list[tuple[str, str]] = []
+    named: dict[str, Block] = {"method.choice": gr.Dropdown(choices, value=first, label=t("method.choice"),
+                                                            elem_id="method-choice")}
+    named["method.summary"] = gr.Markdown(method_form.describe_method(first).summary, elem_id="method-summary")
     for form in forms:
         with gr.Column(visible=form.peft_type == first, elem_id=f"method-group-{form.peft_type.lower()}") as group:
             basic = [f for f in form.fields if not f.advanced]
             advanced = [f for f in form.fields if f.advanced]
-            _grid(basic, form.peft_type, inputs, keys)
+            _grid(basic, form.peft_type, named)
             if advanced:
                 with gr.Accordion(t("method.advanced"), open=False):
-                    _grid(advanced, form.peft_type, inputs, keys)
-        groups[form.peft_type] = group
-    count = gr.Markdown(t("method.count.pending"), elem_id="method-count")
-    trainable = gr.State(0)
+                    _grid(advanced, form.peft_type, named)
+        named[f"method.group.{form.peft_type}"] = group
+    named["method.count"] = gr.Markdown(t("method.count.pending"), elem_id="method-count")
+    named["method.trainable"] = gr.State(0)
     with gr.Row():
-        back = gr.Button(t("back"), elem_id="method-back")
-        nxt = gr.Button(t("next"), variant="primary", elem_id="method-next")
-    return MethodStep(choice, groups, inputs, keys, summary, count, trainable, back, nxt, summaries)
+        named["method.back"] = gr.Button(t("back"), elem_id="method-back")
+        named["method.next"] = gr.Button(t("next"), variant="primary", elem_id="method-next")
+    return named
 
 
-def values_for(step: MethodStep, peft_type: str, values: tuple[Any, ...]) -> dict[str, Any]:
-    """The chosen method's form values by field name (the other methods' widgets are ignored)."""
-    return {name: v for (pt, name), v in zip(step.keys, values) if pt == peft_type}
+def values_for(peft_type: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The chosen method's form values by field name, from values by component name (the other
+    methods' fields are ignored)."""
+    prefix = field_name(peft_type, "")
+    return {name[len(prefix):]: v for name, v in values.items() if name.startswith(prefix)}
 
 
-def show_method(step: MethodStep, peft_type: str) -> list[Any]:
-    return [gr.update(visible=pt == peft_type) for pt in step.groups] + [step.summaries.get(peft_type, "")]
+def show_method(peft_type: str) -> dict[str, Any]:
+    """Only the chosen method's group visible, and its summary."""
+    return {**{f"method.group.{pt}": gr.update(visible=pt == peft_type) for _, pt in method_form.method_choices()},
+            "method.summary": method_form.describe_method(peft_type).summary if peft_type else ""}
 
 
 def count_text(info, peft_type: str, values: dict[str, Any], task: str,
-               label_names: list[str] | None = None) -> tuple[int, str]:
+               label_names: list[str] | None = None) -> dict[str, Any]:
+    """``method.trainable`` (the number) and ``method.count`` (the line that says it)."""
     if info is None:
-        return 0, t("method.count.pending")
+        return {"method.trainable": 0, "method.count": t("method.count.pending")}
     try:
         config = method_form.build_config(peft_type, values, task_type=task)
         trainable, total = method_form.count_trainable(info.config, config, label_names)
     except Exception as exc:  # the message may quote what the person typed: shown as text, never as HTML
-        return 0, f"<div class='ts-error' id='method-error'>{html.escape(str(exc))}</div>"
+        return {"method.trainable": 0,
+                "method.count": f"<div class='ts-error' id='method-error'>{html.escape(str(exc))}</div>"}
     pct = 100.0 * trainable / total if total else 0.0
-    return trainable, t("method.count.detail", label=t("method.count"), trainable=f"{trainable:,}",
-                        total=f"{total:,}", pct=f"{pct:.3f}", method=_method_name(peft_type),
-                        model=html.escape(str(info.name)))
+    return {"method.trainable": trainable,
+            "method.count": t("method.count.detail", label=t("method.count"), trainable=f"{trainable:,}",
+                              total=f"{total:,}", pct=f"{pct:.3f}", method=_method_name(peft_type),
+                              model=html.escape(str(info.name)))}
 
 
 def _method_name(peft_type: str) -> str:

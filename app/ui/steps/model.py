@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+from gradio.blocks import Block
 
 from app.services import estimate, model_info
 from app.ui.labels import t
@@ -17,25 +17,15 @@ QUANT_CHOICES = [("None (full precision)", "none"), ("int8", "int8"), ("NF4 (4-b
                  ("NF4 + double quantization (QLoRA)", "nf4-dq")]
 
 
-@dataclass
-class ModelStep:
-    bundled: gr.Dropdown
-    custom: gr.Textbox
-    trust: gr.Checkbox
-    check: gr.Button
-    info: gr.Markdown
-    precision: gr.Dropdown
-    quantization: gr.Dropdown
-    seq_len: gr.Number
-    batch: gr.Number
-    estimate: gr.Dataframe
-    fit: gr.Markdown  # the estimate against the worker's memory, in words
-    state: gr.State  # the checked ModelInfo (or None)
-    next: gr.Button
-    start_over: gr.Button
+# What a person sets on this step (kept in the wizard's draft).
+FIELDS = ("model.bundled", "model.custom", "model.trust", "model.precision", "model.quantization", "model.seq_len",
+          "model.batch")
 
 
-def build() -> ModelStep:
+def build() -> dict[str, Block]:
+    """The step's components by name: the fields above, plus ``model.state`` (the checked ModelInfo or
+    None), ``model.checked`` (whether the person ran the check, whatever it said), ``model.info``,
+    ``model.estimate`` and ``model.fit`` (shown), and the buttons."""
     choices = model_info.bundled_choices()
     with gr.Row():
         with gr.Column(scale=3):
@@ -43,27 +33,30 @@ def build() -> ModelStep:
                                   info=t("model.bundled.info"), elem_id="model-bundled")
             custom = gr.Textbox(value="", label=t("model.custom"), info=t("model.custom.info"),
                                 placeholder=t("model.custom.placeholder"), elem_id="model-custom")
-            trust = gr.Checkbox(False, label=t("model.trust"))
+            trust = gr.Checkbox(False, label=t("model.trust"), elem_id="model-trust")
             check = gr.Button(t("model.check"), variant="secondary", elem_id="model-check")
             info = gr.Markdown(t("model.info.empty"), elem_id="model-info")
         with gr.Column(scale=2):
-            precision = gr.Dropdown(PRECISION_CHOICES, value="auto", label=t("model.precision"))
+            precision = gr.Dropdown(PRECISION_CHOICES, value="auto", label=t("model.precision"),
+                                    elem_id="model-precision")
             quantization = gr.Dropdown(QUANT_CHOICES, value="none", label=t("model.quantization"), elem_id="model-quantization",
                                        info=t("model.quantization.info"))
             with gr.Row():
-                seq_len = gr.Number(512, precision=0, minimum=8, label=t("model.seq_len"))
-                batch = gr.Number(8, precision=0, minimum=1, label=t("model.batch"))
+                seq_len = gr.Number(512, precision=0, minimum=8, label=t("model.seq_len"), elem_id="model-seq-len")
+                batch = gr.Number(8, precision=0, minimum=1, label=t("model.batch"), elem_id="model-batch")
             estimate = gr.Dataframe(headers=[t("estimate.part"), t("estimate.memory")], value=[],
                                     label=t("model.estimate"), interactive=False, wrap=True, column_widths=["72%", "28%"],
                                     elem_id="model-estimate")
             fit = gr.Markdown("", elem_id="model-fit")
             gr.Markdown(t("estimate.why"), elem_id="model-estimate-why")
-    state = gr.State(None)
     with gr.Row():
         start_over = gr.Button(t("start_over"), variant="secondary", scale=1, elem_id="wizard-start-over")
         nxt = gr.Button(t("next"), variant="primary", scale=4, elem_id="model-next")
-    return ModelStep(bundled, custom, trust, check, info, precision, quantization, seq_len, batch, estimate,
-                     fit, state, nxt, start_over)
+    return {"model.bundled": bundled, "model.custom": custom, "model.trust": trust, "model.check": check,
+            "model.info": info, "model.precision": precision, "model.quantization": quantization,
+            "model.seq_len": seq_len, "model.batch": batch, "model.estimate": estimate, "model.fit": fit,
+            "model.state": gr.State(None), "model.checked": gr.State(False), "model.next": nxt,
+            "model.start_over": start_over}
 
 
 def chosen_ref(bundled: str | None, custom: str | None) -> str:
@@ -82,33 +75,41 @@ def _describe(bundled: str | None, custom: str | None, trust: bool, models_dir) 
         return None, str(exc)
 
 
-def check_model(bundled: str | None, custom: str | None, trust: bool, models_dir) -> tuple[Any, str]:
+def _checked(info, text: str) -> dict[str, Any]:
+    return {"model.state": info, "model.info": text, "model.checked": True}
+
+
+def check_model(bundled: str | None, custom: str | None, trust: bool, models_dir) -> dict[str, Any]:
+    """The check's outcome by name: ``model.state`` (the ModelInfo or None), ``model.info`` (what it says)
+    and ``model.checked`` (the check ran: a reload redoes it, whatever it said)."""
     info, problem = _describe(bundled, custom, trust, models_dir)
-    return (info, info.markdown()) if info is not None else (None, error_box(problem or ""))
+    return _checked(info, info.markdown()) if info is not None else _checked(None, error_box(problem or ""))
 
 
-def next_from_model(info, bundled: str | None, custom: str | None, trust: bool, models_dir) -> tuple[Any, str, bool]:
-    """(checked model, model-info text, may go on). Next re-checks a model that was never checked or
-    that the fields no longer name, and refuses to leave step 1 while the check fails, so a run is
-    never set up on a model the studio could not read."""
+def next_from_model(info, bundled: str | None, custom: str | None, trust: bool, models_dir
+                    ) -> tuple[dict[str, Any], bool]:
+    """(the check's outcome as in :func:`check_model`, may go on). Next re-checks a model that was never
+    checked or that the fields no longer name, and refuses to leave step 1 while the check fails, so a
+    run is never set up on a model the studio could not read."""
     if info is not None and info.name == chosen_ref(bundled, custom):
-        return info, info.markdown(), True
+        return _checked(info, info.markdown()), True
     info, problem = _describe(bundled, custom, trust, models_dir)
     if info is None:
-        return None, error_box(t("model.next.refused", reason=problem)), False
-    return info, info.markdown(), True
+        return _checked(None, error_box(t("model.next.refused", reason=problem))), False
+    return _checked(info, info.markdown()), True
 
 
 def estimate_rows(info, trainable: int | None, precision: str, quantization: str, batch, seq_len,
                   peft_type: str | None = None, data_shape: str | None = None,
-                  embedded: bool = True) -> tuple[list[list[str]], str]:
-    """(table rows, the fit sentence) for [estimate, fit]; ``embedded``: the worker trains on this machine."""
+                  embedded: bool = True) -> dict[str, Any]:
+    """``model.estimate`` (table rows) and ``model.fit`` (the fit sentence); ``embedded``: the worker
+    trains on this machine."""
     if info is None:
-        return [], ""
+        return {"model.estimate": [], "model.fit": ""}
     est = model_info.estimate_memory(info, int(trainable or 0), estimate.resolve_precision(precision), quantization,
                                      int(batch or 1), int(seq_len or 512), peft_type, data_shape)
     rows = [[t(key), value] for key, value in est.as_rows()]
-    return rows, fit_text(est.total_bytes, estimate.worker_memory(embedded))
+    return {"model.estimate": rows, "model.fit": fit_text(est.total_bytes, estimate.worker_memory(embedded))}
 
 
 def fit_text(total_bytes: int, memory: estimate.WorkerMemory | None) -> str:

@@ -8,46 +8,28 @@ method's usual range is called out under the field.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import gradio as gr
+from gradio.blocks import Block
 
+from app.services.draft import TRAIN_FIELDS
 from app.services.wizard import PRESETS, check_learning_rate, preset_values
 from app.ui.labels import t
 
-
-@dataclass
-class TrainStep:
-    preset: gr.Radio
-    name: gr.Textbox
-    epochs: gr.Number
-    lr: gr.Number
-    batch: gr.Number
-    max_steps: gr.Number
-    grad_accum: gr.Number
-    warmup: gr.Number
-    scheduler: gr.Dropdown
-    weight_decay: gr.Number
-    eval_every: gr.Number
-    checkpoint_every: gr.Number
-    seed: gr.Number
-    lr_note: gr.Markdown
-    rate_method: gr.State
-    message: gr.Markdown
-    yaml: gr.Code
-    back: gr.Button
-    submit: gr.Button
-
-    def preset_outputs(self) -> list:
-        return [self.epochs, self.lr, self.batch, self.max_steps, self.eval_every]
-
-    def values(self) -> list:
-        return [self.name, self.epochs, self.lr, self.batch, self.max_steps, self.grad_accum, self.warmup,
-                self.scheduler, self.weight_decay, self.eval_every, self.checkpoint_every, self.seed]
+# The run's training values, named after the spec's fields (``train.learning_rate``).
+VALUES = tuple(f"train.{name}" for name in TRAIN_FIELDS)
+# What a person sets on this step (kept in the wizard's draft).
+FIELDS = ("train.preset", *VALUES)
+# What picking a preset rewrites.
+PRESET_FIELDS = tuple(dict.fromkeys(f"train.{key}" for p in PRESETS.values() for key in (*p, "learning_rate")))
 
 
-def build(peft_type: str = "LORA") -> TrainStep:
+def build(peft_type: str = "LORA") -> dict[str, Block]:
+    """The step's components by name: the preset and ``VALUES``, ``train.lr_note`` (the rate's note),
+    ``train.rate_method`` (the method whose rate the field holds unless typed over), ``train.yaml`` (the
+    spec preview), ``train.message``, the buttons."""
     p = preset_values("balanced", peft_type)
     preset = gr.Radio(list(PRESETS), value="balanced", label=t("train.preset"), info=t("train.preset.info"),
                       elem_id="train-preset")
@@ -63,42 +45,57 @@ def build(peft_type: str = "LORA") -> TrainStep:
     rate_method = gr.State(peft_type)
     with gr.Accordion(t("train.advanced"), open=False):
         with gr.Row():
-            grad_accum = gr.Number(1, precision=0, minimum=1, label=t("train.grad_accum"))
-            warmup = gr.Number(0, precision=0, minimum=0, label=t("train.warmup"))
-            scheduler = gr.Dropdown(["linear", "cosine", "constant"], value="linear", label=t("train.scheduler"))
-            weight_decay = gr.Number(0.0, minimum=0, label=t("train.weight_decay"))
+            grad_accum = gr.Number(1, precision=0, minimum=1, label=t("train.grad_accum"), elem_id="train-grad-accum")
+            warmup = gr.Number(0, precision=0, minimum=0, label=t("train.warmup"), elem_id="train-warmup")
+            scheduler = gr.Dropdown(["linear", "cosine", "constant"], value="linear", label=t("train.scheduler"),
+                                    elem_id="train-scheduler")
+            weight_decay = gr.Number(0.0, minimum=0, label=t("train.weight_decay"), elem_id="train-weight-decay")
         with gr.Row():
             eval_every = gr.Number(p["eval_every"], precision=0, minimum=0, label=t("train.eval_every"),
                                    elem_id="train-eval-every")
-            checkpoint_every = gr.Number(0, precision=0, minimum=0, label=t("train.checkpoint_every"))
-            seed = gr.Number(42, precision=0, minimum=0, label=t("train.seed"))
+            checkpoint_every = gr.Number(0, precision=0, minimum=0, label=t("train.checkpoint_every"),
+                                         elem_id="train-checkpoint-every")
+            seed = gr.Number(42, precision=0, minimum=0, label=t("train.seed"), elem_id="train-seed")
     with gr.Accordion(t("train.yaml"), open=False):
         yaml = gr.Code(language="yaml", interactive=False, lines=12, max_lines=24, elem_id="train-yaml")
     message = gr.Markdown(elem_id="train-message")
     with gr.Row():
         back = gr.Button(t("back"), elem_id="train-back")
         submit = gr.Button(t("train.submit"), variant="primary", elem_id="train-submit")
-    return TrainStep(preset, name, epochs, lr, batch, max_steps, grad_accum, warmup, scheduler, weight_decay,
-                     eval_every, checkpoint_every, seed, lr_note, rate_method, message, yaml, back, submit)
+    values = {"train.name": name, "train.epochs": epochs, "train.learning_rate": lr, "train.batch_size": batch,
+              "train.max_steps": max_steps, "train.grad_accum": grad_accum, "train.warmup_steps": warmup,
+              "train.scheduler": scheduler, "train.weight_decay": weight_decay, "train.eval_every": eval_every,
+              "train.checkpoint_every": checkpoint_every, "train.seed": seed}
+    if tuple(values) != VALUES:
+        raise RuntimeError("the train step's fields must be app.services.draft.TRAIN_FIELDS")
+    return {"train.preset": preset, **values, "train.lr_note": lr_note, "train.rate_method": rate_method,
+            "train.yaml": yaml, "train.message": message, "train.back": back, "train.submit": submit}
 
 
-def apply_preset(name: str, peft_type: str) -> list:
-    """The preset's values, with the chosen method's learning rate."""
-    p = preset_values(name, peft_type)
-    return [p["epochs"], p["learning_rate"], p["batch_size"], p["max_steps"], p["eval_every"]]
+def training_choices(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec's training values (``WizardChoices`` fields) from the step's fields by name."""
+    out = {name.removeprefix("train."): values[name] for name in VALUES}
+    out["max_steps"] = out["max_steps"] or 0  # an empty box: no step limit
+    return out
 
 
-def follow_method(peft_type: str | None, lr: Any, previous: str | None) -> tuple[Any, Any]:
-    """(learning rate, method now followed) after the method changed from ``previous``: the new
-    method's rate when the field still holds the previous method's rate, else the person's own rate
-    is kept. Stateless apart from ``previous``, so a restored draft's typed rate survives too."""
+def apply_preset(name: str, peft_type: str) -> dict[str, Any]:
+    """The preset's values by name (``PRESET_FIELDS``), with the chosen method's learning rate."""
+    return {f"train.{key}": value for key, value in preset_values(name, peft_type).items()}
+
+
+def follow_method(peft_type: str | None, lr: Any, previous: str | None) -> dict[str, Any]:
+    """``train.learning_rate`` and ``train.rate_method`` (the method now followed) after the method
+    changed from ``previous``: the new method's rate when the field still holds the previous method's
+    rate, else the person's own rate is kept. Stateless apart from ``previous``, so a restored draft's
+    typed rate survives too."""
     if not peft_type or peft_type == previous:
         # No change of method (a repeated change event, late under load): never rewrite the field,
         # or a rate typed meanwhile would be overwritten.
-        return gr.skip(), gr.skip()
+        return {}
     if previous and _same(lr, method_rate(previous)):
-        return method_rate(peft_type), peft_type
-    return gr.skip(), peft_type
+        return {"train.learning_rate": method_rate(peft_type), "train.rate_method": peft_type}
+    return {"train.rate_method": peft_type}
 
 
 def method_rate(peft_type: str) -> float:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+from gradio.blocks import Block
 
 from app.services import playground
 from app.ui.labels import t
@@ -21,36 +21,19 @@ from app.ui.labels import t
 REDRAW_SECONDS = 0.4
 
 
-@dataclass
-class PlaygroundTab:
-    run: gr.Dropdown
-    refresh: gr.Button
-    chats: gr.Row
-    base: gr.Chatbot
-    tuned: gr.Chatbot
-    prompt: gr.Textbox
-    generate: gr.Button
-    clear: gr.Button
-    settings: gr.Accordion
-    max_new_tokens: gr.Slider
-    temperature: gr.Slider
-    top_p: gr.Slider
-    status: gr.Markdown
-    base_labels: gr.Label
-    tuned_labels: gr.Label
-
-    def respond_outputs(self) -> list:
-        return [self.status, self.base, self.tuned, self.prompt, self.base_labels, self.tuned_labels]
-
-    def show_outputs(self) -> list:
-        return [self.chats, self.settings, self.clear, self.base, self.tuned, self.base_labels, self.tuned_labels,
-                self.generate, self.status]
+# What a reply writes (respond answers for each).
+REPLY = ("play.status", "play.base", "play.tuned", "play.prompt", "play.base_labels", "play.tuned_labels")
+# What picking a run resets (show_for_run answers for each).
+FOR_RUN = ("play.chats", "play.settings", "play.clear", "play.base", "play.tuned", "play.base_labels",
+           "play.tuned_labels", "play.generate", "play.status")
 
 
-def build() -> PlaygroundTab:
+def build() -> dict[str, Block]:
+    """The tab's components by name: ``play.run`` (which finished run), the two chats (``play.base``,
+    ``play.tuned``) and label views, ``play.prompt``, the generation settings, ``play.status``, buttons."""
     with gr.Row():
         run = gr.Dropdown([], value=None, label=t("play.run"), info=t("play.empty"), elem_id="play-run", scale=4)
-        refresh = gr.Button(t("run.refresh"), scale=0, size="sm", min_width=100)
+        refresh = gr.Button(t("run.refresh"), scale=0, size="sm", min_width=100, elem_id="play-refresh")
     with gr.Row(equal_height=True) as chats:
         # render_markdown off: what a person or a model typed shows as typed, never as markup.
         chat = dict(height=380, render_markdown=False, sanitize_html=True, buttons=["copy", "copy_all"],
@@ -67,13 +50,16 @@ def build() -> PlaygroundTab:
         max_new_tokens = gr.Slider(1, playground.MAX_NEW_TOKENS_CAP, value=playground.DEFAULT_MAX_NEW_TOKENS, step=1,
                                    label=t("play.max_new_tokens"), info=t("play.max_new_tokens.info"),
                                    elem_id="play-max-new-tokens")
-        temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label=t("play.temperature"))
-        top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label=t("play.top_p"))
+        temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label=t("play.temperature"),
+                                elem_id="play-temperature")
+        top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label=t("play.top_p"), elem_id="play-top-p")
     with gr.Row():
         base_labels = gr.Label(label=t("play.base"), visible=False, elem_id="play-base-labels")
         tuned_labels = gr.Label(label=t("play.tuned"), visible=False, elem_id="play-tuned-labels")
-    return PlaygroundTab(run, refresh, chats, base, tuned, prompt, generate, clear, settings, max_new_tokens,
-                         temperature, top_p, status, base_labels, tuned_labels)
+    return {"play.run": run, "play.refresh": refresh, "play.chats": chats, "play.base": base, "play.tuned": tuned,
+            "play.prompt": prompt, "play.generate": generate, "play.clear": clear, "play.settings": settings,
+            "play.max_new_tokens": max_new_tokens, "play.temperature": temperature, "play.top_p": top_p,
+            "play.status": status, "play.base_labels": base_labels, "play.tuned_labels": tuned_labels}
 
 
 def run_choices(ctx, current) -> gr.Dropdown:
@@ -101,23 +87,22 @@ def as_typed(history: list[dict] | None) -> list[dict]:
 
 
 def respond(pg: playground.Playground, run_id, prompt, base_history, tuned_history, max_new_tokens, temperature,
-            top_p) -> Iterator[list[Any]]:
-    """Streams [status, base chat, tuned chat, prompt, base labels, tuned labels]: the base model's
-    answer first, then the tuned one's, growing token by token."""
-    skip = gr.skip()
+            top_p) -> Iterator[dict[str, Any]]:
+    """Streams what a reply writes (``REPLY``; what is left out stays): the base model's answer first,
+    then the tuned one's, growing token by token."""
     if not run_id:
-        yield [t("play.empty"), skip, skip, skip, skip, skip]
+        yield {"play.status": t("play.empty")}
         return
     prompt = prompt or ""
     try:
         if not pg.cached(int(run_id)):
-            yield [t("play.status.loading", run=int(run_id)), skip, skip, skip, skip, skip]
+            yield {"play.status": t("play.status.loading", run=int(run_id))}
         loaded = pg.get(int(run_id))
         if loaded.task == "SEQ_CLS":
-            yield [t("play.status.classifying"), skip, skip, skip, skip, skip]
+            yield {"play.status": t("play.status.classifying")}
             base, tuned = playground.label_probabilities(loaded, prompt)
-            yield [t("play.status.classified"), skip, skip, skip, gr.update(value=base, visible=True),
-                   gr.update(value=tuned, visible=True)]
+            yield {"play.status": t("play.status.classified"), "play.base_labels": gr.update(value=base, visible=True),
+                   "play.tuned_labels": gr.update(value=tuned, visible=True)}
             return
         playground.check_max_new_tokens(max_new_tokens)
         options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
@@ -135,25 +120,28 @@ def respond(pg: playground.Playground, run_id, prompt, base_history, tuned_histo
                 if part.done or part.seconds - shown_at >= REDRAW_SECONDS:
                     shown_at = part.seconds
                     status = t(f"play.status.{side}", tokens=part.tokens, seconds=part.seconds)
-                    yield [status, shown["base"], shown["tuned"], "", skip, skip]
-        yield [t("play.status.done", base=done["base"].tokens, base_s=done["base"].seconds,
-                 tuned=done["tuned"].tokens, tuned_s=done["tuned"].seconds), shown["base"], shown["tuned"], "",
-               skip, skip]
+                    yield {"play.status": status, "play.base": shown["base"], "play.tuned": shown["tuned"],
+                           "play.prompt": ""}
+        yield {"play.status": t("play.status.done", base=done["base"].tokens, base_s=done["base"].seconds,
+                                tuned=done["tuned"].tokens, tuned_s=done["tuned"].seconds),
+               "play.base": shown["base"], "play.tuned": shown["tuned"], "play.prompt": ""}
     except Exception as exc:
         # The question goes back in the box, and the chats as they were before it.
-        yield [_error(exc), base_history or [], tuned_history or [], prompt, skip, skip]
+        yield {"play.status": _error(exc), "play.base": base_history or [], "play.tuned": tuned_history or [],
+               "play.prompt": prompt}
 
 
-def show_for_run(ctx, run_id) -> list:
-    """[chats, settings, clear, base chat, tuned chat, base labels, tuned labels, button, status]: a
-    new run starts a new conversation."""
+def show_for_run(ctx, run_id) -> dict[str, Any]:
+    """What picking a run resets (``FOR_RUN``): chat or label views for its task, and a new conversation."""
     classifier = bool(run_id) and playground.task_of(ctx, int(run_id)) == "SEQ_CLS"
     text = gr.update(visible=not classifier)
     labels = gr.update(visible=classifier, value=None)
-    button = gr.update(value=t("play.classify") if classifier else t("play.generate"))
-    return [text, text, text, [], [], labels, labels, button, ""]
+    return {"play.chats": text, "play.settings": text, "play.clear": text, "play.base": [], "play.tuned": [],
+            "play.base_labels": labels, "play.tuned_labels": labels,
+            "play.generate": gr.update(value=t("play.classify") if classifier else t("play.generate")),
+            "play.status": ""}
 
 
-def clear() -> list:
-    """[base chat, tuned chat, status]"""
-    return [[], [], ""]
+def clear() -> dict[str, Any]:
+    """Both chats and the status emptied."""
+    return {"play.base": [], "play.tuned": [], "play.status": ""}

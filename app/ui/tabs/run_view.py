@@ -7,9 +7,10 @@ The page keeps nothing: a timer re-reads the run's rows every tick, and the run 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
+from gradio.blocks import Block
 
 from app.services import export, merged, monitor, recipe, run_table, runs
 from app.ui.labels import t
@@ -55,21 +56,10 @@ return []; }"""
 FOLLOW_LOG_AGAIN_JS = f"() => ({FOLLOW_LOG_JS})(true)"
 
 
-@dataclass
-class RunView:
-    picker: gr.Dropdown
-    refresh: gr.Button
-    header: gr.HTML
-    progress: gr.HTML
-    chart: gr.LinePlot
-    log: gr.Textbox
-    cancel: gr.Button
-    download: gr.DownloadButton
-    merge: gr.Button
-    merged: gr.DownloadButton
-    message: gr.Markdown
-    timer: gr.Timer
-    seen: gr.State  # (run id, status, points) last drawn, to skip redundant redraws
+# What a redraw of the run shows (draw answers for each); ``run.seen`` is the (run id, status, points)
+# last drawn, to skip redundant redraws.
+DRAWN = ("run.header", "run.progress", "run.chart", "run.log", "run.cancel", "run.download", "run.merge",
+         "run.merged", "run.seen")
 
 
 def run_choices(ctx) -> list[tuple[str, int]]:
@@ -99,10 +89,12 @@ def latest_run(ctx) -> int | None:
     return newest[0].id if newest else None
 
 
-def build(ctx) -> RunView:
+def build(ctx) -> dict[str, Block]:
+    """The tab's components by name: ``run.picker`` (which run), ``DRAWN``, ``run.message``, ``run.timer``
+    (the redraw tick) and the buttons."""
     with gr.Row():
         picker = gr.Dropdown([], value=None, label=t("run.pick"), elem_id="run-picker", scale=4)
-        refresh = gr.Button(t("run.refresh"), scale=0, size="sm", min_width=100)
+        refresh = gr.Button(t("run.refresh"), scale=0, size="sm", min_width=100, elem_id="run-refresh")
     header = gr.HTML(t("run.none"), elem_id="run-header")
     # Under the header, where the eye is: cancel status, merge errors, a link to a run that is gone.
     message = gr.Markdown(elem_id="run-message")
@@ -119,10 +111,10 @@ def build(ctx) -> RunView:
         download = gr.DownloadButton(t("run.download"), visible=False, elem_id="run-download")
         merge = gr.Button(t("run.prepare_merged"), visible=False, elem_id="run-merge")
         merged = gr.DownloadButton(t("run.download_merged"), visible=False, elem_id="run-merged")
-    timer = gr.Timer(POLL_SECONDS)
-    seen = gr.State(None)
-    return RunView(picker, refresh, header, progress, chart, log, cancel, download, merge, merged, message, timer,
-                   seen)
+    return {"run.picker": picker, "run.refresh": refresh, "run.header": header, "run.message": message,
+            "run.progress": progress, "run.chart": chart, "run.log": log, "run.cancel": cancel,
+            "run.download": download, "run.merge": merge, "run.merged": merged, "run.timer": gr.Timer(POLL_SECONDS),
+            "run.seen": gr.State(None)}
 
 
 def _header(ctx, run: runs.RunView) -> str:
@@ -143,18 +135,24 @@ def _progress(p: monitor.Progress) -> str:
             f"<span>ETA {monitor.duration(p.eta_seconds)}</span><span>{tps} tokens/s</span></div>")
 
 
-def draw(ctx, run_id, seen):
-    """Values for [header, progress, chart, log, cancel, download, merge, merged, seen]; skips unchanged redraws."""
+def _nothing(header: str) -> dict[str, Any]:
+    hide = gr.update(visible=False)
+    return {"run.header": header, "run.progress": "", "run.chart": None, "run.log": "", "run.cancel": hide,
+            "run.download": hide, "run.merge": hide, "run.merged": hide, "run.seen": None}
+
+
+def draw(ctx, run_id, seen) -> dict[str, Any]:
+    """What the tab shows for ``run_id``, for each name of ``DRAWN``; nothing when it is as ``seen`` last."""
     hide = gr.update(visible=False)
     if not run_id:
-        return [t("run.none"), "", None, "", hide, hide, hide, hide, None]
+        return _nothing(t("run.none"))
     try:
         key = (int(run_id), *runs.revision(ctx, int(run_id)))
         if seen == key:
-            return [gr.skip()] * 9
+            return {}
         snap = monitor.snapshot(ctx, int(run_id))
     except runs.RunNotFound as exc:
-        return [f"<div class='ts-error'>{exc}</div>", "", None, "", hide, hide, hide, hide, None]
+        return _nothing(f"<div class='ts-error'>{exc}</div>")
     download = gr.update(visible=False)
     if snap.run.status == "succeeded" and snap.run.adapter_path:
         try:
@@ -166,12 +164,15 @@ def draw(ctx, run_id, seen):
     done = snap.run.status == "succeeded" and snap.run.adapter_path is not None
     merged_path = merged.merged_zip_path(ctx, int(run_id))
     merged_button = gr.update(value=str(merged_path), visible=True) if merged_path.is_file() else hide
-    return [_header(ctx, snap.run), _progress(snap.progress), frame, snap.log, gr.update(visible=active), download,
-            gr.update(visible=done and not merged_path.is_file()), merged_button, key]
+    return {"run.header": _header(ctx, snap.run), "run.progress": _progress(snap.progress), "run.chart": frame,
+            "run.log": snap.log, "run.cancel": gr.update(visible=active), "run.download": download,
+            "run.merge": gr.update(visible=done and not merged_path.is_file()), "run.merged": merged_button,
+            "run.seen": key}
 
 
-def prepare_merged(ctx, run_id, progress=None):
-    """[message, merge button, merged download]; ``progress`` (Gradio's) shows each build stage."""
+def prepare_merged(ctx, run_id, progress=None) -> dict[str, Any]:
+    """``run.message``, ``run.merge`` (the button) and ``run.merged`` (the download); ``progress``
+    (Gradio's) shows each build stage."""
     def report(stage: str, mb: int) -> None:
         if progress is not None:
             progress(merged.STAGES[stage], desc=t(f"merged.status.{stage}", mb=mb))
@@ -179,8 +180,9 @@ def prepare_merged(ctx, run_id, progress=None):
     try:
         path = merged.export_merged_zip(ctx, int(run_id), report)
     except Exception as exc:
-        return f"<div class='ts-error'>{html.escape(str(exc))}</div>", gr.skip(), gr.skip()
-    return "", gr.update(visible=False), gr.update(value=str(path), visible=True)
+        return {"run.message": f"<div class='ts-error'>{html.escape(str(exc))}</div>"}
+    return {"run.message": "", "run.merge": gr.update(visible=False),
+            "run.merged": gr.update(value=str(path), visible=True)}
 
 
 def cancel(ctx, run_id) -> str:

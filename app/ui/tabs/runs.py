@@ -4,40 +4,26 @@ artifacts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 import pandas as pd
+from gradio.blocks import Block
 
 from app.registry.models import RUN_STATUSES
 from app.services import draft, monitor, run_table, runs
 from app.ui.labels import t
 
 
-@dataclass
-class RunsTab:
-    status: gr.Dropdown
-    text: gr.Textbox
-    refresh: gr.Button
-    table: gr.Dataframe
-    selected: gr.Dropdown
-    config: gr.Code
-    download_yaml: gr.DownloadButton
-    open_run: gr.Button
-    reuse: gr.Button
-    delete: gr.Button
-    confirm: gr.Checkbox
-    message: gr.Markdown
-    compare: gr.Dropdown
-
-
-def build(ctx) -> RunsTab:
+def build(ctx) -> dict[str, Block]:
+    """The tab's components by name: the filters (``runs.status``, ``runs.text``), ``runs.table``,
+    ``runs.selected`` (the run picked) with its ``runs.config``, ``runs.compare`` (the runs on the chart),
+    ``runs.confirm`` (delete ticked), ``runs.message`` and the buttons."""
     with gr.Row():
         status = gr.Dropdown(["all", *RUN_STATUSES], value="all", label=t("runs.filter.status"), scale=1,
                              elem_id="runs-filter-status")
         text = gr.Textbox(label=t("runs.filter.text"), scale=3, elem_id="runs-filter-text")
-        refresh = gr.Button(t("run.refresh"), scale=0, size="sm", min_width=100)
+        refresh = gr.Button(t("run.refresh"), scale=0, size="sm", min_width=100, elem_id="runs-refresh")
     # The recipe is long: it gets the widest column and wraps, so every column stays in view.
     table = gr.Dataframe(pd.DataFrame(columns=run_table.COLUMNS), label=t("runs.table"), interactive=False,
                          wrap=True, column_widths=["5%", "14%", "9%", "11%", "33%", "12%", "8%", "8%"],
@@ -48,12 +34,12 @@ def build(ctx) -> RunsTab:
             config = gr.Code(language="yaml", label=t("runs.config"), interactive=False, lines=12, max_lines=24,
                              elem_id="runs-config")
             with gr.Row():
-                open_run = gr.Button(t("runs.open"))
+                open_run = gr.Button(t("runs.open"), elem_id="runs-open")
                 reuse = gr.Button(t("runs.reuse"), elem_id="runs-reuse")
-                download_yaml = gr.DownloadButton(t("runs.download_yaml"), visible=False)
+                download_yaml = gr.DownloadButton(t("runs.download_yaml"), visible=False, elem_id="runs-download-yaml")
             with gr.Row():
-                confirm = gr.Checkbox(False, label=t("runs.delete.confirm"))
-                delete = gr.Button(t("runs.delete"), variant="stop")
+                confirm = gr.Checkbox(False, label=t("runs.delete.confirm"), elem_id="runs-confirm")
+                delete = gr.Button(t("runs.delete"), variant="stop", elem_id="runs-delete")
             message = gr.Markdown(elem_id="runs-message")
         with gr.Column():
             compare = gr.Dropdown([], value=[], multiselect=True, label=t("runs.compare"), elem_id="runs-compare")
@@ -68,8 +54,10 @@ def build(ctx) -> RunsTab:
                 gr.LinePlot(frame if len(frame) else None, x="step", y="loss", color="series",
                             color_title=t("runs.compare.legend"), show_label=False, height=320,
                             color_map=monitor.series_colours(sorted(set(frame["series"]))), elem_id="runs-chart")
-    return RunsTab(status, text, refresh, table, selected, config, download_yaml, open_run, reuse, delete, confirm,
-                   message, compare)
+    return {"runs.status": status, "runs.text": text, "runs.refresh": refresh, "runs.table": table,
+            "runs.selected": selected, "runs.config": config, "runs.download_yaml": download_yaml,
+            "runs.open_run": open_run, "runs.reuse": reuse, "runs.delete": delete, "runs.confirm": confirm,
+            "runs.message": message, "runs.compare": compare}
 
 
 def table_and_choices(ctx, status: str, text: str):
@@ -78,19 +66,19 @@ def table_and_choices(ctx, status: str, text: str):
     return pd.DataFrame([r.cells() for r in rows], columns=run_table.COLUMNS), choices
 
 
-def detail(ctx, run_id):
-    """[config yaml, download button]"""
+def detail(ctx, run_id) -> dict[str, Any]:
+    """``runs.config`` (the run's spec as YAML) and ``runs.download_yaml`` (its download)."""
     if not run_id:
-        return "", gr.update(visible=False)
+        return {"runs.config": "", "runs.download_yaml": gr.update(visible=False)}
     spec = runs.get_spec(ctx, int(run_id))
     path = ctx.settings.exports_dir / f"run-{int(run_id)}-spec.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(spec.to_yaml(), encoding="utf-8")
-    return spec.to_yaml(), gr.update(value=str(path), visible=True)
+    return {"runs.config": spec.to_yaml(), "runs.download_yaml": gr.update(value=str(path), visible=True)}
 
 
 def draft_from_run(ctx, run_id) -> tuple[Any, str]:
-    """[wizard draft, message]: the run's choices for a new run, or why not."""
+    """(wizard draft, message): the run's choices for a new run, or why not."""
     if not run_id:
         return gr.skip(), "Pick a run first."
     return draft.from_spec(runs.get_spec(ctx, int(run_id)), int(run_id)), ""
