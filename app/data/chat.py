@@ -58,7 +58,8 @@ def chat_segments(tokenizer, messages: list[dict]) -> list[Segment]:
         if message["role"] != "assistant":
             continue
         prefix = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = render_chat(tokenizer, messages[: i + 1])
+        # up to the last turn is the whole conversation, rendered already
+        upto = full if i == len(messages) - 1 else render_chat(tokenizer, messages[: i + 1])
         if len(prefix) >= cursor and upto.startswith(prefix) and full.startswith(upto) and len(upto) > len(prefix):
             start, end = len(prefix), len(upto)
         else:

@@ -1,26 +1,46 @@
-"""Checked rows -> token examples the engine trains on: templated, masked, truncated, split, packed.
+"""Checked records -> the token examples a run trains on: repeats removed, split, tokenized, packed.
 
-Causal LM examples train only on what the model should produce (assistant turns, completions; all
-of a plain text); everything else has label -100. Seq2seq examples carry the target ids as labels.
-Classification examples carry an integer ``label`` whose names are returned in ``label_names``.
+The order is the rule the data preview shares (:func:`split_sizes`): exact repeats go first, the
+split is drawn on the distinct rows (seeded), and only then are rows tokenized, with a batched
+``Dataset.map`` over the Arrow records (:class:`app.data.builder.Builder` per batch). The examples
+stay in Arrow: the splits are index views over the tokenized file, and :class:`Prepared` hands the
+engine :class:`ExampleSet` s, never Python lists of the whole data. With a folder every file lands
+there (memory-mapped; the pipeline caches the folder); without one everything stays in memory.
 """
 
 from __future__ import annotations
 
-import json
 import random
+import time
+import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import Dataset, Features, List, Value
 
 from app.core.tasks import CLASSIFICATION_SHAPES, TASKS, task_for
-from app.data.chat import chat_segments
+from app.data.builder import IGNORE, OUTCOME_COLUMNS, Builder, Tokenized
 from app.data.errors import DataError
+from app.data.examples import ExampleSet
 from app.data.readers import Table
+from app.data.records import Records, check_records, first_of_each
 from app.data.shapes import normalise_rows
 from app.data.stats import summarise
+from app.data.store import BatchWriter
 
-IGNORE = -100
-_TOKENIZE_BATCH = 512
+__all__ = ["IGNORE", "PREPARE_VERSION", "Prepared", "PrepareOptions", "Tokenized", "label_names_of", "pack",
+           "prepare", "prepare_records", "split_sizes", "tokenize_rows"]
+
+# Part of every cache key (app.data.cache): bump it whenever the examples made from the same data and
+# options change, so no run trains on examples an older version prepared.
+PREPARE_VERSION = 1
+MAP_BATCH = 1000
 _LISTED = 100  # truncated/dropped rows listed by number; the counts are always complete
+_PACKED_FEATURES = Features({"input_ids": List(Value("int32")), "attention_mask": List(Value("int8")),
+                             "labels": List(Value("int32"))})
 
 
 @dataclass
@@ -47,29 +67,29 @@ class PrepareOptions:
 
 @dataclass
 class Prepared:
-    train: list[dict]
-    eval: list[dict]
+    """The splits as Arrow-backed sequences of example dicts, the class names, and what happened.
+
+    ``layout`` says which files of the preparation folder hold each split (None in memory);
+    ``timings`` are seconds per stage of this preparation (not part of the cached result)."""
+
+    train: ExampleSet
+    eval: ExampleSet
     label_names: list[str] | None
     stats: dict = field(default_factory=dict)
+    layout: dict | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
-class Tokenized:
-    """One row's outcome: an example (None when dropped), its untruncated length and why it changed."""
-
-    index: int
-    example: dict | None
-    length: int
-    truncated: bool = False
-    reason: str | None = None
-
-
-def label_names_of(records: list[dict]) -> list[str]:
+def label_order(names: Iterable[str]) -> list[str]:
     """Class names in a stable order: numerically when every label is a whole number, else by text."""
-    values = {str(r["label"]) for r in records}
+    values = set(names)
     if all(_is_int(v) for v in values):
         return sorted(values, key=lambda v: int(v))
     return sorted(values)
+
+
+def label_names_of(records: list[dict]) -> list[str]:
+    return label_order(str(r["label"]) for r in records)
 
 
 def _is_int(value: str) -> bool:
@@ -78,165 +98,6 @@ def _is_int(value: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _affixes(tokenizer) -> tuple[list[int], list[int]]:
-    """The special tokens a tokenizer wraps around a text by default (BOS in front, [SEP] or </s> behind)."""
-    probe = "hello"
-    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
-    wrapped = tokenizer(probe)["input_ids"]
-    for start in range(len(wrapped) - len(bare) + 1):
-        if wrapped[start : start + len(bare)] == bare:
-            return wrapped[:start], wrapped[start + len(bare) :]
-    return [], []
-
-
-def _user_text(*parts: str) -> str:
-    return "\n\n".join(p for p in parts if p)
-
-
-def _as_messages(record: dict, shape: str, label_names: list[str] | None) -> list[dict]:
-    if shape == "chat":
-        return record["messages"]
-    if shape == "instruction":
-        messages = [{"role": "system", "content": record["system"]}] if record.get("system") else []
-        return [*messages, {"role": "user", "content": _user_text(record["instruction"], record["input"])},
-                {"role": "assistant", "content": record["output"]}]
-    # classification as generation: the answer is the label's name
-    return [{"role": "user", "content": _user_text(record["text"], record.get("text_pair", ""))},
-            {"role": "assistant", "content": str(record["label"])}]
-
-
-class _Builder:
-    """Turns normalised records into token examples for one tokenizer, task and length."""
-
-    def __init__(self, tokenizer, shape: str, task: str, max_length: int, label_names: list[str] | None) -> None:
-        if task == "SEQ_CLS" and shape not in CLASSIFICATION_SHAPES:
-            raise DataError("wrong_task", f"a sequence classifier needs labelled text, not the {shape} shape",
-                            hint="Map a text and a label column, or pick a generative model")
-        if task == "SEQ_2_SEQ_LM" and shape == "text":
-            raise DataError("wrong_task", "a sequence-to-sequence model needs inputs and targets, not plain text",
-                            hint="Use prompt/completion or instruction data, or pick a causal language model")
-        self.tok, self.shape, self.task, self.max_length = tokenizer, shape, task, max_length
-        self.label_names = label_names
-        self.label_ids = {n: i for i, n in enumerate(label_names)} if label_names else {}
-        self.prefix, self.suffix = _affixes(tokenizer)
-        self.eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-
-    def build(self, records: list[dict]) -> list[Tokenized]:
-        out: list[Tokenized] = []
-        for start in range(0, len(records), _TOKENIZE_BATCH):
-            chunk = records[start : start + _TOKENIZE_BATCH]
-            if self.task == "SEQ_CLS":
-                out += [self._classify(start + i, r) for i, r in enumerate(chunk)]
-            elif self.task == "SEQ_2_SEQ_LM":
-                out += [self._seq2seq(start + i, r) for i, r in enumerate(chunk)]
-            else:
-                out += self._causal(start, chunk)
-        return out
-
-    # causal ---------------------------------------------------------------------------------
-
-    def _segments(self, record: dict) -> list[tuple[str | list[int], bool]]:
-        if self.shape == "text":
-            return [(self.prefix, False), (record["text"], True), (self.eos, True)]
-        if self.shape == "prompt_completion":
-            return [(self.prefix, False), (record["prompt"], False), (record["completion"], True), (self.eos, True)]
-        return list(chat_segments(self.tok, _as_messages(record, self.shape, self.label_names)))
-
-    def _causal(self, offset: int, records: list[dict]) -> list[Tokenized]:
-        per_record = [self._segments(r) for r in records]
-        texts = [s for segs in per_record for s, _ in segs if isinstance(s, str)]
-        encoded = iter(self.tok(texts, add_special_tokens=False)["input_ids"]) if texts else iter(())
-        out = []
-        for i, segs in enumerate(per_record):
-            ids: list[int] = []
-            labels: list[int] = []
-            for piece, trained in segs:
-                piece_ids = next(encoded) if isinstance(piece, str) else list(piece)
-                ids += piece_ids
-                labels += piece_ids if trained else [IGNORE] * len(piece_ids)
-            out.append(self._cut_causal(offset + i, ids, labels))
-        return out
-
-    def _cut_causal(self, index: int, ids: list[int], labels: list[int]) -> Tokenized:
-        length = len(ids)
-        truncated = length > self.max_length
-        if truncated:
-            ids, labels = ids[: self.max_length], labels[: self.max_length]
-        if all(label == IGNORE for label in labels):
-            reason = (f"the answer starts after max_length ({self.max_length}) tokens" if truncated
-                      else "nothing to learn: the answer is empty once tokenized")
-            return Tokenized(index, None, length, truncated, reason)
-        example = {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
-        return Tokenized(index, example, length, truncated,
-                         f"cut from {length} to {self.max_length} tokens" if truncated else None)
-
-    # seq2seq --------------------------------------------------------------------------------
-
-    def _source_target(self, record: dict) -> tuple[str, str]:
-        if self.shape == "prompt_completion":
-            return record["prompt"], record["completion"]
-        if self.shape == "instruction":
-            return _user_text(record["system"], record["instruction"], record["input"]), record["output"]
-        if self.shape == "chat":
-            turns = record["messages"]
-            history = "\n".join(f"{t['role']}: {t['content']}" for t in turns[:-1])
-            return history, turns[-1]["content"]
-        return _user_text(record["text"], record.get("text_pair", "")), str(record["label"])
-
-    def _fit(self, ids: list[int]) -> list[int]:
-        if len(ids) <= self.max_length:
-            return ids
-        keep = self.max_length - len(self.suffix)
-        return ids[:keep] + self.suffix if self.suffix and ids[-len(self.suffix):] == self.suffix else ids[: self.max_length]
-
-    def _seq2seq(self, index: int, record: dict) -> Tokenized:
-        source, target = self._source_target(record)
-        src = self.tok(source)["input_ids"]
-        tgt = self.tok(target)["input_ids"]
-        length = max(len(src), len(tgt))
-        truncated = length > self.max_length
-        src, tgt = self._fit(src), self._fit(tgt)
-        example = {"input_ids": src, "attention_mask": [1] * len(src), "labels": tgt}
-        return Tokenized(index, example, length, truncated,
-                         f"cut from {length} to {self.max_length} tokens" if truncated else None)
-
-    # classification -------------------------------------------------------------------------
-
-    def _classify(self, index: int, record: dict) -> Tokenized:
-        pair = record.get("text_pair") or None
-        enc = self.tok(record["text"], pair)
-        length = len(enc["input_ids"])
-        truncated = length > self.max_length
-        if truncated:
-            enc = self.tok(record["text"], pair, truncation=True, max_length=self.max_length)
-        example = {"input_ids": list(enc["input_ids"]), "attention_mask": list(enc["attention_mask"])}
-        if pair is not None and "token_type_ids" in enc:
-            example["token_type_ids"] = list(enc["token_type_ids"])
-        name = str(record["label"])
-        if name not in self.label_ids:
-            return Tokenized(index, None, length, truncated, f"label '{name}' does not occur in training")
-        example["label"] = self.label_ids[name]
-        return Tokenized(index, example, length, truncated,
-                         f"cut from {length} to {self.max_length} tokens" if truncated else None)
-
-
-def record_key(record: dict) -> str:
-    """Two examples are duplicates when their normalised records are equal."""
-    return json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
-
-
-def _dedupe(records: list[dict], indices: list[int], seen: set[str]) -> tuple[list[int], int]:
-    kept, removed = [], 0
-    for i in indices:
-        key = record_key(records[i])
-        if key in seen:
-            removed += 1
-            continue
-        seen.add(key)
-        kept.append(i)
-    return kept, removed
 
 
 def split_sizes(rows: int, fraction: float) -> tuple[int, int]:
@@ -261,25 +122,32 @@ def _split(indices: list[int], fraction: float, seed: int) -> tuple[list[int], l
     return sorted(order[n_eval:]), sorted(order[:n_eval])
 
 
-def pack(examples: list[dict], max_length: int) -> list[dict]:
-    """Greedy, in order: whole examples share a block while they fit; none is ever split.
-
-    Attention is not reset between the examples of a block (no position-id tricks), which is the
-    common trade-off for throughput; see docs/data.md.
-    """
-    blocks: list[dict] = []
+def _blocks(examples: Iterable[dict], max_length: int) -> Iterator[dict]:
+    """Greedy, in order: whole examples share a block while they fit; none is ever split."""
     current: dict | None = None
     for ex in examples:
         if current is not None and len(current["input_ids"]) + len(ex["input_ids"]) <= max_length:
             for key in ("input_ids", "attention_mask", "labels"):
-                current[key] = current[key] + ex[key]
+                current[key].extend(ex[key])
         else:
+            if current is not None:
+                yield current
             current = {k: list(ex[k]) for k in ("input_ids", "attention_mask", "labels")}
-            blocks.append(current)
-    return blocks
+    if current is not None:
+        yield current
+
+
+def pack(examples: Iterable[dict], max_length: int) -> list[dict]:
+    """Pack examples into blocks of at most ``max_length`` tokens (see :func:`_blocks`).
+
+    Attention is not reset between the examples of a block (no position-id tricks), which is the
+    common trade-off for throughput; see docs/data.md.
+    """
+    return list(_blocks(examples, max_length))
 
 
 def outcomes(table: Table, items: list[Tokenized]) -> dict:
+    """Truncated and dropped rows of ``items`` (the preview's rows), counted and the first ones listed."""
     truncated = [t for t in items if t.truncated and t.example is not None]
     dropped = [t for t in items if t.example is None]
 
@@ -291,71 +159,181 @@ def outcomes(table: Table, items: list[Tokenized]) -> dict:
             "dropped": len(dropped), "dropped_rows": listed(dropped)}
 
 
-def prepare(
-    table: Table, shape: str, mapping: dict[str, str], tokenizer, options: PrepareOptions | None = None, *,
-    val_table: Table | None = None,
+# --- tokenized rows ----------------------------------------------------------------------------
+
+
+class _Tokens:
+    """Some rows of one file, tokenized in order: ``origin[p]`` is the file row at position ``p``."""
+
+    def __init__(self, records: Records, rows: list[int], builder: Builder, path: Path | None) -> None:
+        self.records, self.origin = records, np.asarray(rows, dtype=np.int64)
+        source = records.dataset.select_columns(records.roles)
+        if len(rows) != len(records):
+            source = source.select(rows)
+        place = {"cache_file_name": str(path)} if path is not None else {"keep_in_memory": True}
+        if not rows:  # map hands an empty dataset back unchanged, with the record columns
+            self.dataset = BatchWriter(path, builder.features).finish()
+        else:
+            self.dataset = source.map(
+                builder.batch, batched=True, batch_size=MAP_BATCH, features=builder.features,
+                remove_columns=source.column_names, new_fingerprint=uuid.uuid4().hex, load_from_cache_file=False,
+                **place,
+            )
+        self.path = path
+        table = self.dataset.data
+        self.kept = table.column("kept").to_numpy(zero_copy_only=False)
+        self.length = table.column("length").to_numpy()
+        self.truncated = table.column("truncated").to_numpy(zero_copy_only=False)
+
+    def positions(self, rows: list[int]) -> np.ndarray:
+        """Positions of file ``rows`` (sorted, all tokenized here)."""
+        return np.searchsorted(self.origin, np.asarray(rows, dtype=np.int64))
+
+    def outcomes(self, positions: np.ndarray) -> dict:
+        truncated = positions[self.truncated[positions] & self.kept[positions]]
+        dropped = positions[~self.kept[positions]]
+        reasons = self.dataset.data.column("reason")
+
+        def listed(chosen: np.ndarray) -> list[dict]:
+            out = []
+            for p in chosen[:_LISTED].tolist():
+                index = int(self.origin[p])
+                out.append({"index": index, "row": index + 1, "line": self.records.line_of(index),
+                            "tokens": int(self.length[p]), "reason": reasons[p].as_py()})
+            return out
+
+        return {"truncated": len(truncated), "truncated_rows": listed(truncated),
+                "dropped": len(dropped), "dropped_rows": listed(dropped)}
+
+    def examples(self, positions: np.ndarray, indices_path: Path | None) -> tuple[Dataset, dict | None]:
+        """The kept examples at ``positions``: an index view over the tokenized file, and how to
+        reopen it (``{"data", "indices"}`` file names) when it lives in a folder."""
+        chosen = positions[self.kept[positions]]
+        if self.path is None:
+            return self.dataset.select(chosen, keep_in_memory=True).remove_columns(list(OUTCOME_COLUMNS)), None
+        writer = BatchWriter(indices_path, Features({"indices": Value("uint64")}), batch_rows=1 << 20)
+        for p in chosen.tolist():
+            writer.add(p)
+        writer.finish()
+        layout = {"data": self.path.name, "indices": indices_path.name}
+        return open_split(self.path.parent, layout), layout
+
+
+def open_split(folder: Path, layout: dict) -> Dataset:
+    """One split of a preparation folder, memory-mapped, with only the example columns."""
+    indices = str(folder / layout["indices"]) if layout.get("indices") else None
+    dataset = Dataset.from_file(str(folder / layout["data"]), indices_filename=indices)
+    outcome = [c for c in OUTCOME_COLUMNS if c in dataset.column_names]
+    return dataset.remove_columns(outcome) if outcome else dataset
+
+
+def _pack_dataset(train: Dataset, max_length: int, path: Path | None) -> Dataset:
+    writer = BatchWriter(path, _PACKED_FEATURES, batch_rows=1024)
+    for block in _blocks(ExampleSet(train), max_length):
+        writer.add(block["input_ids"], block["attention_mask"], block["labels"])
+    return writer.finish()
+
+
+# --- preparation -------------------------------------------------------------------------------
+
+
+def _check_validation_labels(val: Records, label_names: list[str]) -> None:
+    known = set(label_names)
+    for i, name in enumerate(val.labels().to_pylist()):
+        if name not in known:
+            raise DataError(
+                "unknown_label", f"the label '{name}' does not occur in the training file",
+                file=val.source, line=val.line_of(i), row=i + 1, field=val.mapping["label"],
+                hint=f"Use one of: {', '.join(label_names[:20])}",
+            )
+
+
+def prepare_records(
+    train: Records, tokenizer, options: PrepareOptions | None = None, *, val: Records | None = None,
+    folder: Path | None = None,
 ) -> Prepared:
-    """Check every row, tokenize, split (seeded, or ``val_table``), and report what happened."""
+    """Remove repeats, split (seeded, or ``val``), tokenize and report what happened.
+
+    With ``folder`` the tokenized files and split indices are written there and ``layout`` names
+    them; the tokenizer is called only inside the batched ``map``."""
     options = options or PrepareOptions()
-    records = normalise_rows(table, shape, mapping)
-    val_records = normalise_rows(val_table, shape, mapping, need_classes=False) if val_table is not None else None
-    classification = shape in CLASSIFICATION_SHAPES
-    label_names = label_names_of(records) if classification else None
-    if val_records is not None and label_names:
-        known = set(label_names)
-        for i, r in enumerate(val_records):
-            if str(r["label"]) not in known:
-                raise DataError(
-                    "unknown_label", f"the label '{r['label']}' does not occur in the training file",
-                    file=val_table.source, line=val_table.line_of(i), row=i + 1, field=mapping["label"],
-                    hint=f"Use one of: {', '.join(label_names[:20])}",
-                )
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    shape = train.shape
+    label_names = label_order(train.classes) if shape in CLASSIFICATION_SHAPES and train.classes else None
+    if val is not None and label_names:
+        _check_validation_labels(val, label_names)
     # Repeats go first, then the split: the split sizes then follow from the distinct rows alone
     # (split_sizes), which the data preview knows before any seed is chosen.
-    duplicates = 0
-    seen: set[str] = set()
-    kept = list(range(len(records)))
-    if options.dedupe:
-        kept, duplicates = _dedupe(records, kept, seen)
-    if val_records is None:
+    kept = first_of_each(train.keys()) if options.dedupe else list(range(len(train)))
+    duplicates = len(train) - len(kept)
+    if val is None:
         train_idx, eval_idx = _split(kept, float(options.val_fraction), options.seed)
     else:
-        train_idx, eval_idx = kept, list(range(len(val_records)))
+        train_idx, eval_idx = kept, list(range(len(val)))
         if options.dedupe:
-            eval_idx, eval_duplicates = _dedupe(val_records, eval_idx, seen)
-            duplicates += eval_duplicates
+            eval_idx = first_of_each(val.keys(), seen=train.keys())
+            duplicates += len(val) - len(eval_idx)
+    timings["dedupe_split"] = time.perf_counter() - started
 
-    builder = _Builder(tokenizer, shape, options.task, options.max_length, label_names)
-    train_items = builder.build([records[i] for i in train_idx])
-    for item, i in zip(train_items, train_idx):
-        item.index = i
-    eval_source = val_records if val_records is not None else records
-    eval_items = builder.build([eval_source[i] for i in eval_idx])
-    for item, i in zip(eval_items, eval_idx):
-        item.index = i
-    train = [t.example for t in train_items if t.example is not None]
-    evals = [t.example for t in eval_items if t.example is not None]
-    if not train:
+    started = time.perf_counter()
+    builder = Builder(tokenizer, shape, options.task, options.max_length, label_names)
+
+    def file(name: str) -> Path | None:
+        return folder / name if folder is not None else None
+
+    tokens = _Tokens(train, kept, builder, file("train-tokens.arrow"))
+    train_at = tokens.positions(train_idx)
+    if val is None:
+        eval_tokens, eval_at = tokens, tokens.positions(eval_idx)
+    else:
+        eval_tokens = _Tokens(val, eval_idx, builder, file("val-tokens.arrow"))
+        eval_at = np.arange(len(eval_idx), dtype=np.int64)
+    timings["tokenize"] = time.perf_counter() - started
+    timings["tokenized_rows"] = float(len(kept) + (len(eval_idx) if val is not None else 0))
+
+    started = time.perf_counter()
+    train_ds, train_layout = tokens.examples(train_at, file("train.indices.arrow"))
+    eval_ds, eval_layout = eval_tokens.examples(eval_at, file("eval.indices.arrow"))
+    if not train_ds.num_rows:
         raise DataError("no_examples", "no training example is left after truncation and checks",
-                        file=table.source, hint="Raise max_length or check the mapped columns")
-    unpacked = len(train)
+                        file=train.source, hint="Raise max_length or check the mapped columns")
+    unpacked = train_ds.num_rows
     if options.packing:
-        train = pack(train, options.max_length)
+        train_ds = _pack_dataset(train_ds, options.max_length, file("train-packed.arrow"))
+        train_layout = {"data": "train-packed.arrow", "indices": None} if folder is not None else None
+    train_out, eval_out = tokens.outcomes(train_at), eval_tokens.outcomes(eval_at)
     stats = {
-        "shape": shape, "mapping": dict(mapping), "task": options.task, "max_length": options.max_length,
-        "rows": len(records), "eval_rows": len(eval_idx), "train_rows": len(train_idx),
-        "eval_source": val_table.source if val_table is not None else "split",
+        "shape": shape, "mapping": dict(train.mapping), "task": options.task, "max_length": options.max_length,
+        "rows": len(train), "eval_rows": len(eval_idx), "train_rows": len(train_idx),
+        "eval_source": val.source if val is not None else "split",
         "duplicates_removed": duplicates,
-        "examples_train": unpacked, "examples_eval": len(evals),
-        "packed": options.packing, "blocks": len(train) if options.packing else None,
+        "examples_train": unpacked, "examples_eval": eval_ds.num_rows,
+        "packed": options.packing, "blocks": train_ds.num_rows if options.packing else None,
         "label_names": label_names,
-        "tokens": summarise([t.length for t in train_items]),
-        "train": outcomes(table, train_items),
-        "eval": outcomes(val_table if val_table is not None else table, eval_items),
-        "truncated": sum(t.truncated and t.example is not None for t in train_items + eval_items),
-        "dropped": sum(t.example is None for t in train_items + eval_items),
+        "tokens": summarise(tokens.length[train_at].tolist()),
+        "train": train_out,
+        "eval": eval_out,
+        "truncated": train_out["truncated"] + eval_out["truncated"],
+        "dropped": train_out["dropped"] + eval_out["dropped"],
     }
-    return Prepared(train, evals, label_names, stats)
+    layout = {"train": train_layout, "eval": eval_layout} if folder is not None else None
+    timings["split_stats"] = time.perf_counter() - started
+    return Prepared(ExampleSet(train_ds), ExampleSet(eval_ds), label_names, stats, layout, timings)
+
+
+def prepare(
+    table: Table, shape: str, mapping: dict[str, str], tokenizer, options: PrepareOptions | None = None, *,
+    val_table: Table | None = None, folder: Path | None = None,
+) -> Prepared:
+    """Check every row, tokenize, split (seeded, or ``val_table``), and report what happened.
+
+    The in-memory entry point (a table already read); runs read their files through
+    :func:`app.data.pipeline.prepare_for_run`, which streams and caches."""
+    train = check_records(table, shape, mapping, folder / "train-records.arrow" if folder else None)
+    val = (check_records(val_table, shape, mapping, folder / "val-records.arrow" if folder else None,
+                         need_classes=False) if val_table is not None else None)
+    return prepare_records(train, tokenizer, options, val=val, folder=folder)
 
 
 def tokenize_rows(table: Table, shape: str, mapping: dict[str, str], tokenizer, max_length: int,
@@ -363,5 +341,18 @@ def tokenize_rows(table: Table, shape: str, mapping: dict[str, str], tokenizer, 
     """Every row tokenized as training would see it (no split), for the preview."""
     records = normalise_rows(table, shape, mapping)
     label_names = label_names_of(records) if shape in CLASSIFICATION_SHAPES else None
-    builder = _Builder(tokenizer, shape, task or task_for(shape), max_length, label_names)
-    return builder.build(records), records, label_names
+    builder = Builder(tokenizer, shape, task or task_for(shape), max_length, label_names)
+    items = [item for start in range(0, len(records), MAP_BATCH)
+             for item in _offset(builder.build(records[start : start + MAP_BATCH]), start)]
+    return items, records, label_names
+
+
+def _offset(items: list[Tokenized], start: int) -> list[Tokenized]:
+    for item in items:
+        item.index += start
+    return items
+
+
+def describe_timings(timings: dict[str, Any]) -> str:
+    """One line for a log: seconds per stage."""
+    return ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if not k.endswith("_rows"))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from app.data.prepare import outcomes, record_key, tokenize_rows
+from app.data.prepare import outcomes, tokenize_rows
 from app.data.readers import Table
+from app.data.records import record_key
 from app.data.stats import histogram, summarise
 
 

@@ -1,8 +1,10 @@
-"""Read an uploaded data file into a Table: plain rows, with the line each row came from.
+"""Read an uploaded data file as rows: plain dicts, with the line each row came from.
 
-Every reader streams: bytes are decoded chunk by chunk and turned into rows as they arrive, so a
-file never sits in memory twice (once as text and again as rows). Encoding detection is a separate
-cheap pass over the bytes that keeps nothing.
+Every reader streams: bytes are decoded chunk by chunk and turned into rows as they arrive.
+:func:`stream_table` hands the rows on one at a time (the data pipeline writes them to Arrow as
+they come, so a large file is never held as Python rows); :func:`read_table` collects them into a
+:class:`Table` for small files, previews and tests. Both run the same checks and raise the same
+DataError. Encoding detection is a separate cheap pass over the bytes that keeps nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import sys
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -32,6 +35,7 @@ _SNIFF_CHARS = 64 * 1024
 _CHUNK_CHARS = 1 << 20
 
 Opener = Callable[[], BinaryIO]
+TextOpener = Callable[[], io.TextIOWrapper]
 
 
 @dataclass
@@ -52,13 +56,38 @@ class Table:
         return self.lines[index] if index < len(self.lines) else None
 
 
-def read_table(
-    path: str | Path, *, encoding: str | None = None, limits: Limits | None = None, name: str | None = None
-) -> Table:
-    """Read ``path`` as a table. ``name`` is what the user called the file (an upload's original
-    name): its extension picks the format and it is the file named in every message.
+Rows = Iterator[tuple[int | None, dict]]
 
-    Raises DataError for anything the studio cannot use; never returns a partial table.
+
+@dataclass
+class RowStream:
+    """A file's rows as its reader produces them: iterate once for ``(line, row)`` pairs.
+
+    The file, its format and encoding are settled (and checked) before the first row. ``columns``
+    grows while the rows come (a JSON record may bring a key no earlier record had) and is complete
+    once the iteration ends; a row lacks the keys first seen after it, which read as None, exactly
+    as :func:`read_table` fills them. The stream raises DataError at the first problem, and a few
+    only at the end (an empty file, a header without rows).
+    """
+
+    source: str
+    fmt: str
+    encoding: str
+    columns: list[str]
+    rows: Rows = field(repr=False)
+
+    def __iter__(self) -> Rows:
+        return self.rows
+
+
+def stream_table(
+    path: str | Path, *, encoding: str | None = None, limits: Limits | None = None, name: str | None = None
+) -> RowStream:
+    """Open ``path`` for reading row by row. ``name`` is what the user called the file (an upload's
+    original name): its extension picks the format and it is the file named in every message.
+
+    Problems with the file as a whole (missing, too large, empty, an unusable zip, binary bytes) raise
+    here; problems with its rows raise while iterating.
     """
     limits = limits or Limits()
     path = Path(path)
@@ -72,8 +101,29 @@ def read_table(
     chosen = encodings.normalise(encoding) if encoding else None
     fmt = _format_of(display, lambda: path.open("rb"))
     if fmt == "zip":
-        return _read_zip(path, display, chosen, limits)
-    return _read(lambda: path.open("rb"), fmt, display, chosen, limits)
+        return _stream_zip(path, display, chosen, limits)
+    return _stream(lambda: path.open("rb"), fmt, display, chosen, limits)
+
+
+def read_table(
+    path: str | Path, *, encoding: str | None = None, limits: Limits | None = None, name: str | None = None
+) -> Table:
+    """Read all of ``path`` into a :class:`Table` (see :func:`stream_table` for the arguments).
+
+    Raises DataError for anything the studio cannot use; never returns a partial table.
+    """
+    stream = stream_table(path, encoding=encoding, limits=limits, name=name)
+    rows: list[dict] = []
+    lines: list[int | None] = []
+    for line, row in stream:
+        rows.append(row)
+        lines.append(line)
+    width = len(stream.columns)
+    for row in rows:
+        if len(row) != width:
+            for key in stream.columns:
+                row.setdefault(key, None)
+    return Table(stream.columns, rows, stream.source, stream.fmt, stream.encoding, lines)
 
 
 def _check_size(size: int, limits: Limits, name: str) -> None:
@@ -124,50 +174,77 @@ def _junk(member: str) -> bool:
     return parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts if p)
 
 
-def _read_zip(path: Path, display: str, encoding: str | None, limits: Limits) -> Table:
+def _stream_zip(path: Path, display: str, encoding: str | None, limits: Limits) -> RowStream:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as e:
         raise DataError("bad_zip", f"the zip archive cannot be read ({e})", file=display) from None
-    with archive:
-        members = [m for m in archive.infolist() if not m.is_dir()]
-        for m in members:
-            if _unsafe(m.filename):
-                raise DataError(
-                    "zip_unsafe_path", f"the zip entry '{m.filename}' points outside the archive's folder",
-                    file=display, field=m.filename, hint="Re-create the zip from the data file itself",
-                )
-        data = [
-            m for m in members
-            if not _junk(m.filename)
-            and _EXTENSIONS.get(PurePosixPath(m.filename).suffix.lower()) not in (None, "zip")
-        ]
-        if not data:
-            listed = ", ".join(m.filename for m in members[:10]) or "nothing"
-            raise DataError(
-                "zip_no_data", f"the zip holds no data file (it holds {listed})", file=display,
-                hint="Put one CSV, TSV, JSON, JSON Lines, Parquet or TXT file in the zip",
-            )
-        if len(data) > 1:
-            listed = ", ".join(m.filename for m in data[:10])
-            raise DataError(
-                "zip_multiple", f"the zip holds {len(data)} data files ({listed}); the studio needs exactly one",
-                file=display, hint="Upload the files one at a time (a second file can be the validation set)",
-            )
-        member = data[0]
+    try:
+        member = _zip_member(archive, display, limits)
         inner = f"{display}/{member.filename}"
-        _check_size(member.file_size, limits, inner)
-        if member.file_size == 0:
-            raise DataError("empty_file", "the file is empty", file=inner)
         fmt = _EXTENSIONS[PurePosixPath(member.filename).suffix.lower()]
 
         def opener() -> BinaryIO:
             return _Bounded(archive.open(member), limits.max_bytes, inner)
 
-        try:
-            return _read(opener, fmt, inner, encoding, limits, fmt_name=f"zip/{fmt}")
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
-            raise DataError("bad_zip", f"the zip entry cannot be extracted ({e})", file=inner) from None
+        with _zip_errors(inner):
+            stream = _stream(opener, fmt, inner, encoding, limits, fmt_name=f"zip/{fmt}")
+    except BaseException:
+        archive.close()
+        raise
+    stream.rows = _zip_rows(stream.rows, archive, inner)
+    return stream
+
+
+def _zip_member(archive: zipfile.ZipFile, display: str, limits: Limits) -> zipfile.ZipInfo:
+    """The one data file in the archive, after refusing unsafe paths, none, several, or an empty one."""
+    members = [m for m in archive.infolist() if not m.is_dir()]
+    for m in members:
+        if _unsafe(m.filename):
+            raise DataError(
+                "zip_unsafe_path", f"the zip entry '{m.filename}' points outside the archive's folder",
+                file=display, field=m.filename, hint="Re-create the zip from the data file itself",
+            )
+    data = [
+        m for m in members
+        if not _junk(m.filename)
+        and _EXTENSIONS.get(PurePosixPath(m.filename).suffix.lower()) not in (None, "zip")
+    ]
+    if not data:
+        listed = ", ".join(m.filename for m in members[:10]) or "nothing"
+        raise DataError(
+            "zip_no_data", f"the zip holds no data file (it holds {listed})", file=display,
+            hint="Put one CSV, TSV, JSON, JSON Lines, Parquet or TXT file in the zip",
+        )
+    if len(data) > 1:
+        listed = ", ".join(m.filename for m in data[:10])
+        raise DataError(
+            "zip_multiple", f"the zip holds {len(data)} data files ({listed}); the studio needs exactly one",
+            file=display, hint="Upload the files one at a time (a second file can be the validation set)",
+        )
+    member = data[0]
+    inner = f"{display}/{member.filename}"
+    _check_size(member.file_size, limits, inner)
+    if member.file_size == 0:
+        raise DataError("empty_file", "the file is empty", file=inner)
+    return member
+
+
+@contextmanager
+def _zip_errors(inner: str) -> Iterator[None]:
+    try:
+        yield
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
+        raise DataError("bad_zip", f"the zip entry cannot be extracted ({e})", file=inner) from None
+
+
+def _zip_rows(rows: Rows, archive: zipfile.ZipFile, inner: str) -> Rows:
+    """The member's rows; the archive stays open until they are read (or the reader stops early)."""
+    try:
+        with _zip_errors(inner):
+            yield from rows
+    finally:
+        archive.close()
 
 
 class _Bounded(io.RawIOBase):
@@ -205,31 +282,38 @@ class _Bounded(io.RawIOBase):
 # --- text formats ------------------------------------------------------------------------------
 
 
-def _read(
+def _stream(
     opener: Opener, fmt: str, display: str, encoding: str | None, limits: Limits, fmt_name: str | None = None
-) -> Table:
+) -> RowStream:
+    columns: list[str] = []
     if fmt == "parquet":
-        return _read_parquet(opener, display, limits, fmt_name or fmt)
+        return RowStream(display, fmt_name or fmt, "binary", columns, _rows_parquet(opener, display, limits, columns))
     if encoding is None:
         with opener() as f:
             encoding = encodings.detect(f, display)
     if fmt == "sniff" or fmt in ("json", "jsonl"):
         fmt = _sniff_text_format(opener, encoding, display, fmt)
-    reader = {"csv": _read_csv, "tsv": _read_csv, "json": _read_json, "jsonl": _read_jsonl, "txt": _read_txt}[fmt]
-    with opener() as raw:
-        text = io.TextIOWrapper(raw if isinstance(raw, io.BufferedIOBase) else io.BufferedReader(raw),
+    reader = {"csv": _rows_csv, "tsv": _rows_csv, "json": _rows_json, "jsonl": _rows_jsonl, "txt": _rows_txt}[fmt]
+
+    def open_text() -> io.TextIOWrapper:
+        raw = opener()
+        return io.TextIOWrapper(raw if isinstance(raw, io.BufferedIOBase) else io.BufferedReader(raw),
                                 encoding=encoding, newline="")
-        try:
-            table = reader(text, display, limits, fmt)
-        except UnicodeDecodeError as e:
-            raise DataError(
-                "bad_encoding", f"the bytes are not valid {encoding} ({e.reason})", file=display,
-                line=_first_bad_line(opener, encoding),
-                hint="Choose the file's encoding (for example latin-1 or utf-16) and try again",
-            ) from None
-    table.encoding = encoding
-    table.fmt = fmt_name or fmt
-    return table
+
+    rows = _decoded(reader(open_text, display, limits, fmt, columns), opener, encoding, display)
+    return RowStream(display, fmt_name or fmt, encoding, columns, rows)
+
+
+def _decoded(rows: Rows, opener: Opener, encoding: str, display: str) -> Rows:
+    """``rows``, with bytes that do not decode reported as ``bad_encoding`` at their first line."""
+    try:
+        yield from rows
+    except UnicodeDecodeError as e:
+        raise DataError(
+            "bad_encoding", f"the bytes are not valid {encoding} ({e.reason})", file=display,
+            line=_first_bad_line(opener, encoding),
+            hint="Choose the file's encoding (for example latin-1 or utf-16) and try again",
+        ) from None
 
 
 def _first_bad_line(opener: Opener, encoding: str) -> int | None:
@@ -358,61 +442,62 @@ def _header_names(raw: list[str], display: str, limits: Limits, line: int | None
     return names
 
 
-def _read_csv(text: io.TextIOBase, display: str, limits: Limits, fmt: str) -> Table:
-    sample = text.read(_SNIFF_CHARS)
-    if not sample.strip():
-        raise DataError("empty_file", "the file holds only whitespace", file=display)
-    delimiter, quote = _delimiter(sample, fmt)
-    text.seek(0)
-    numbered = _lines(text, display, limits)
-    state = {"line": 0}
+def _rows_csv(open_text: TextOpener, display: str, limits: Limits, fmt: str, columns: list[str]) -> Rows:
+    with open_text() as text:
+        sample = text.read(_SNIFF_CHARS)
+        if not sample.strip():
+            raise DataError("empty_file", "the file holds only whitespace", file=display)
+        delimiter, quote = _delimiter(sample, fmt)
+        text.seek(0)
+        numbered = _lines(text, display, limits)
+        state = {"line": 0}
 
-    def feed() -> Iterator[str]:
-        for number, line in numbered:
-            state["line"] = number
-            yield line
+        def feed() -> Iterator[str]:
+            for number, line in numbered:
+                state["line"] = number
+                yield line
 
-    if csv.field_size_limit() < limits.max_line_chars * 4:
-        csv.field_size_limit(min(sys.maxsize, limits.max_bytes))
-    reader = csv.reader(feed(), delimiter=delimiter, quotechar=quote, strict=True)
-    columns: list[str] | None = None
-    rows: list[dict] = []
-    lines: list[int | None] = []
-    while True:
-        start = state["line"] + 1
-        try:
-            record = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            raise DataError(
-                "malformed_csv", f"the row cannot be parsed ({e})", file=display, line=state["line"] or start,
-                hint="Check the quotes on this line: a field with a delimiter or line break must be quoted",
-            ) from None
-        if not record or (len(record) == 1 and not record[0].strip()):
-            continue
-        if columns is None:
-            columns = _header_names(record, display, limits, start)
-            continue
-        if len(record) != len(columns):
-            raise DataError(
-                "inconsistent_columns",
-                f"the row has {len(record)} fields but the header has {len(columns)}",
-                file=display, line=start, row=len(rows) + 1,
-                hint=f"Every row needs one value per column ({', '.join(columns[:8])}); quote fields that hold the delimiter",
-            )
-        if len(rows) >= limits.max_rows:
-            raise _too_many(display, limits, start)
-        rows.append(dict(zip(columns, record)))
-        lines.append(start)
-    if columns is None:
+        if csv.field_size_limit() < limits.max_line_chars * 4:
+            csv.field_size_limit(min(sys.maxsize, limits.max_bytes))
+        reader = csv.reader(feed(), delimiter=delimiter, quotechar=quote, strict=True)
+        header = False
+        count = 0
+        while True:
+            start = state["line"] + 1
+            try:
+                record = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                raise DataError(
+                    "malformed_csv", f"the row cannot be parsed ({e})", file=display, line=state["line"] or start,
+                    hint="Check the quotes on this line: a field with a delimiter or line break must be quoted",
+                ) from None
+            if not record or (len(record) == 1 and not record[0].strip()):
+                continue
+            if not header:
+                columns.extend(_header_names(record, display, limits, start))
+                header = True
+                continue
+            if len(record) != len(columns):
+                raise DataError(
+                    "inconsistent_columns",
+                    f"the row has {len(record)} fields but the header has {len(columns)}",
+                    file=display, line=start, row=count + 1,
+                    hint=f"Every row needs one value per column ({', '.join(columns[:8])}); "
+                         "quote fields that hold the delimiter",
+                )
+            if count >= limits.max_rows:
+                raise _too_many(display, limits, start)
+            count += 1
+            yield start, dict(zip(columns, record))
+    if not header:
         raise DataError("empty_file", "the file holds no header and no rows", file=display)
-    if not rows:
+    if not count:
         raise DataError(
             "header_only", f"the file has a header ({', '.join(columns[:8])}) but no data rows", file=display,
             hint="Add rows below the header",
         )
-    return Table(columns, rows, display, fmt, "", lines)
 
 
 def _record_or_fail(value, display: str, line: int | None, code: str = "not_records") -> dict:
@@ -425,41 +510,45 @@ def _record_or_fail(value, display: str, line: int | None, code: str = "not_reco
     return value
 
 
-def _table_from_records(records: list[dict], lines: list[int | None], display: str, fmt: str,
-                        limits: Limits) -> Table:
-    columns: dict[str, None] = {}
-    for record, line in zip(records, lines):
-        for key in record:
-            columns.setdefault(str(key), None)
-        if len(columns) > limits.max_columns:
-            raise _too_many_columns(display, limits, len(columns), line)
-    names = list(columns)
-    for record in records:
-        if len(record) != len(names):
-            for key in names:
-                record.setdefault(key, None)
-    return Table(names, records, display, fmt, "", lines)
+class _Keys:
+    """The union of the records' keys, in order of first appearance, bounded by ``max_columns``."""
+
+    def __init__(self, columns: list[str], display: str, limits: Limits) -> None:
+        self.columns, self.display, self.limits = columns, display, limits
+        self.seen: set[str] = set(columns)
+
+    def add(self, record: dict, line: int | None) -> dict:
+        if len(record) > len(self.seen) or any(key not in self.seen for key in record):
+            for key in record:
+                name = str(key)
+                if name not in self.seen:
+                    self.seen.add(name)
+                    self.columns.append(name)
+            if len(self.columns) > self.limits.max_columns:
+                raise _too_many_columns(self.display, self.limits, len(self.columns), line)
+        return record
 
 
-def _read_jsonl(text: io.TextIOBase, display: str, limits: Limits, fmt: str) -> Table:
-    records, lines = [], []
-    for number, line in _lines(text, display, limits):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line.rstrip("\r\n"))
-        except json.JSONDecodeError as e:
-            raise DataError(
-                "malformed_jsonl", f"the line is not valid JSON ({e.msg})", file=display, line=number,
-                column=e.colno, hint="Each line must hold one complete JSON object",
-            ) from None
-        if len(records) >= limits.max_rows:
-            raise _too_many(display, limits, number)
-        records.append(_record_or_fail(value, display, number))
-        lines.append(number)
-    if not records:
+def _rows_jsonl(open_text: TextOpener, display: str, limits: Limits, fmt: str, columns: list[str]) -> Rows:
+    keys = _Keys(columns, display, limits)
+    count = 0
+    with open_text() as text:
+        for number, line in _lines(text, display, limits):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    "malformed_jsonl", f"the line is not valid JSON ({e.msg})", file=display, line=number,
+                    column=e.colno, hint="Each line must hold one complete JSON object",
+                ) from None
+            if count >= limits.max_rows:
+                raise _too_many(display, limits, number)
+            count += 1
+            yield number, keys.add(_record_or_fail(value, display, number), number)
+    if not count:
         raise DataError("empty_file", "the file holds no JSON records", file=display)
-    return _table_from_records(records, lines, display, fmt, limits)
 
 
 def _position(consumed_lines: int, buf: str, pos: int) -> tuple[int, int]:
@@ -499,14 +588,21 @@ class _JsonCursor:
             self.buf, self.pos, self.want = self.buf[self.pos:], 0, _CHUNK_CHARS
 
 
-def _read_json(text: io.TextIOBase, display: str, limits: Limits, fmt: str) -> Table:
-    first = text.read(_CHUNK_CHARS)
-    if not first.strip():
-        raise DataError("empty_file", "the file holds only whitespace", file=display)
-    if first.lstrip()[0] != "[":
-        return _read_json_object(first + text.read(), display, limits, fmt)
+def _rows_json(open_text: TextOpener, display: str, limits: Limits, fmt: str, columns: list[str]) -> Rows:
+    with open_text() as text:
+        first = text.read(_CHUNK_CHARS)
+        if not first.strip():
+            raise DataError("empty_file", "the file holds only whitespace", file=display)
+        if first.lstrip()[0] != "[":
+            yield from _rows_json_object(first + text.read(), display, limits, columns)
+            return
+        yield from _rows_json_array(text, first, display, limits, columns)
+
+
+def _rows_json_array(text: io.TextIOBase, first: str, display: str, limits: Limits, columns: list[str]) -> Rows:
     cur = _JsonCursor(text, first)
     decoder = json.JSONDecoder()
+    keys = _Keys(columns, display, limits)
 
     def fail(msg: str, at: int | None = None) -> DataError:
         line, column = cur.where(at)
@@ -516,8 +612,7 @@ def _read_json(text: io.TextIOBase, display: str, limits: Limits, fmt: str) -> T
     cur.skip_space()
     cur.pos += 1  # the '['
     cur.skip_space()
-    records: list[dict] = []
-    lines: list[int | None] = []
+    count = 0
     if cur.pos < len(cur.buf) and cur.buf[cur.pos] == "]":
         raise DataError("empty_file", "the JSON array is empty", file=display)
     while True:
@@ -532,10 +627,10 @@ def _read_json(text: io.TextIOBase, display: str, limits: Limits, fmt: str) -> T
                     raise fail(f"the JSON is not valid ({e.msg})", e.pos) from None
                 cur.more()
         line, _ = cur.where()
-        if len(records) >= limits.max_rows:
+        if count >= limits.max_rows:
             raise _too_many(display, limits, line)
-        records.append(_record_or_fail(value, display, line))
-        lines.append(line)
+        count += 1
+        yield line, keys.add(_record_or_fail(value, display, line), line)
         cur.pos = end
         cur.drop_parsed()
         cur.skip_space()
@@ -549,11 +644,12 @@ def _read_json(text: io.TextIOBase, display: str, limits: Limits, fmt: str) -> T
             raise fail(f"expected ',' or ']' after a record, found '{cur.buf[cur.pos]}'")
         cur.pos += 1
         cur.skip_space()
-    return _table_from_records(records, lines, display, fmt, limits)
 
 
-def _read_json_object(whole: str, display: str, limits: Limits, fmt: str) -> Table:
-    """An object of equal-length arrays (columns), or an object whose one list holds the records."""
+def _rows_json_object(whole: str, display: str, limits: Limits, columns: list[str]) -> Rows:
+    """An object of equal-length arrays (columns), or an object whose one list holds the records.
+
+    Parsed in one piece: a JSON object is not a record stream by nature (see docs/data.md)."""
     try:
         value = json.loads(whole)
     except json.JSONDecodeError as e:
@@ -567,7 +663,12 @@ def _read_json_object(whole: str, display: str, limits: Limits, fmt: str) -> Tab
         records = next(iter(lists.values()))
         if len(records) > limits.max_rows:
             raise _too_many(display, limits)
-        return _table_from_records(records, [None] * len(records), display, fmt, limits)
+        keys = _Keys(columns, display, limits)
+        for record in records:
+            keys.add(record, None)
+        for record in records:
+            yield None, record
+        return
     if len(lists) != len(value):
         scalar = next(k for k in value if k not in lists)
         raise DataError(
@@ -589,17 +690,46 @@ def _read_json_object(whole: str, display: str, limits: Limits, fmt: str) -> Tab
         raise DataError("header_only", "the columns have no values", file=display)
     if n > limits.max_rows:
         raise _too_many(display, limits)
-    columns = list(lists)
-    rows = [{c: lists[c][i] for c in columns} for i in range(n)]
-    return Table(columns, rows, display, fmt, "", [None] * n)
+    columns.extend(lists)
+    for i in range(n):
+        yield None, {c: lists[c][i] for c in columns}
 
 
-def _read_txt(text: io.TextIOBase, display: str, limits: Limits, fmt: str) -> Table:
-    """One example per line, or per paragraph when blank lines separate the examples."""
-    paragraphs: list[tuple[int, list[str]]] = []
+def _rows_txt(open_text: TextOpener, display: str, limits: Limits, fmt: str, columns: list[str]) -> Rows:
+    """One example per line, or per paragraph when blank lines separate the examples.
+
+    Which of the two is known only once a blank line follows text, so a first cheap pass over the
+    lines decides and a second one yields the rows (the text is never held whole)."""
+    with open_text() as text:
+        started = blank_separated = False
+        for _, line in _lines(text, display, limits):
+            if line.strip():
+                started = True
+            elif started:
+                blank_separated = True
+                break
+    if not started:
+        raise DataError("empty_file", "the file holds only blank lines", file=display)
+    columns.append("text")
+    with open_text() as text:
+        if blank_separated:
+            yield from _paragraphs(text, display, limits)
+        else:
+            count = 0
+            for number, line in _lines(text, display, limits):
+                body = line.rstrip("\r\n")
+                if not body.strip():
+                    continue
+                count += 1
+                if count > limits.max_rows:
+                    raise _too_many(display, limits)
+                yield number, {"text": body}
+
+
+def _paragraphs(text: io.TextIOBase, display: str, limits: Limits) -> Rows:
     current: list[str] = []
     start = 0
-    blank_separated = False
+    count = 0
     for number, line in _lines(text, display, limits):
         body = line.rstrip("\r\n")
         if body.strip():
@@ -607,26 +737,15 @@ def _read_txt(text: io.TextIOBase, display: str, limits: Limits, fmt: str) -> Ta
                 start = number
             current.append(body)
         elif current:
-            paragraphs.append((start, current))
+            count += 1
+            if count > limits.max_rows:
+                raise _too_many(display, limits, number)
+            yield start, {"text": "\n".join(current)}
             current = []
-            blank_separated = True
-        if len(paragraphs) > limits.max_rows:
-            raise _too_many(display, limits, number)
     if current:
-        paragraphs.append((start, current))
-    if blank_separated:
-        rows = [{"text": "\n".join(p)} for _, p in paragraphs]
-        lines = [s for s, _ in paragraphs]
-    else:
-        body = paragraphs[0][1] if paragraphs else []
-        first = paragraphs[0][0] if paragraphs else 1
-        rows = [{"text": t} for t in body]
-        lines = list(range(first, first + len(body)))
-    if not rows:
-        raise DataError("empty_file", "the file holds only blank lines", file=display)
-    if len(rows) > limits.max_rows:
-        raise _too_many(display, limits)
-    return Table(["text"], rows, display, fmt, "", lines)
+        if count + 1 > limits.max_rows:
+            raise _too_many(display, limits)
+        yield start, {"text": "\n".join(current)}
 
 
 # --- parquet -----------------------------------------------------------------------------------
@@ -647,30 +766,36 @@ def _plain(value):
     return str(value)
 
 
-def _read_parquet(opener: Opener, display: str, limits: Limits, fmt: str) -> Table:
+def _rows_parquet(opener: Opener, display: str, limits: Limits, columns: list[str]) -> Rows:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    count = 0
     with opener() as f:
         try:
             pf = pq.ParquetFile(f)
             if pf.metadata.num_rows > limits.max_rows:
                 raise _too_many(display, limits)
-            columns = [str(n) for n in pf.schema_arrow.names]
-            if len(columns) > limits.max_columns:
-                raise _too_many_columns(display, limits, len(columns))
-            rows: list[dict] = []
-            for batch in pf.iter_batches(batch_size=4096):
+            names = [str(n) for n in pf.schema_arrow.names]
+            if len(names) > limits.max_columns:
+                raise _too_many_columns(display, limits, len(names))
+            columns.extend(names)
+            if not columns:
+                raise DataError("empty_file", "the Parquet file has no columns", file=display)
+            batches = pf.iter_batches(batch_size=4096)
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
                 for record in batch.to_pylist():
-                    rows.append({str(k): _plain(v) for k, v in record.items()})
+                    count += 1
+                    yield None, {str(k): _plain(v) for k, v in record.items()}
         except DataError:
             raise
         except (pa.ArrowException, OSError, ValueError, TypeError) as e:
             raise DataError("bad_parquet", f"the Parquet file cannot be read ({e})", file=display,
                             hint="Re-export the file as Parquet, CSV or JSON Lines") from None
-    if not columns:
-        raise DataError("empty_file", "the Parquet file has no columns", file=display)
-    if not rows:
+    if not count:
         raise DataError("header_only", f"the Parquet file has columns ({', '.join(columns[:8])}) but no rows",
                         file=display)
-    return Table(columns, rows, display, fmt, "binary", [None] * len(rows))

@@ -7,6 +7,7 @@ and ``validate_mapping``/``normalise_rows`` check every row against whatever map
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from app.core.tasks import CLASSIFICATION_SHAPES, SHAPES
@@ -288,8 +289,10 @@ def _check_order(turns: list[dict], column: str, where: dict, offset: int) -> No
                     hint="End every conversation with the assistant turn to learn from")
 
 
-def normalise_rows(table: Table, shape: str, mapping: dict[str, str], *, need_classes: bool = True) -> list[dict]:
-    """Every row as a plain record of its roles, checked; the first bad row raises DataError.
+def iter_records(table: Table, shape: str, mapping: dict[str, str]) -> Iterator[dict]:
+    """Every row as a plain record of its roles, checked, one at a time in file order; the first bad
+    row raises DataError. ``table`` may be any table-like object whose ``rows`` can be iterated
+    (a stored table streams them), so the check never needs the whole file in memory.
 
     instruction -> {system, instruction, input, output}; chat -> {messages: [{role, content}]};
     prompt_completion -> {prompt, completion}; text -> {text};
@@ -297,13 +300,12 @@ def normalise_rows(table: Table, shape: str, mapping: dict[str, str], *, need_cl
     """
     _check_mapping(table, shape, mapping)
     roles = ROLES[shape]
-    out = []
     for i, row in enumerate(table.rows):
         if shape == "chat":
             key = "messages" if mapping.get("messages") else "conversations"
             system = _text(table, i, mapping["system"], row.get(mapping["system"]), required=False) \
                 if mapping.get("system") else ""
-            out.append({"messages": _messages(table, i, mapping[key], row.get(mapping[key]), system)})
+            yield {"messages": _messages(table, i, mapping[key], row.get(mapping[key]), system)}
             continue
         record = {}
         for role, required in roles.items():
@@ -314,14 +316,23 @@ def normalise_rows(table: Table, shape: str, mapping: dict[str, str], *, need_cl
                 record[role] = _text(table, i, column, row.get(column), required=required)
             else:
                 record[role] = ""
-        out.append(record)
+        yield record
+
+
+def check_classes(classes: set[str], source: str, mapping: dict[str, str]) -> None:
+    """A classifier needs two labels or more; ``classes`` are the label names (``str(label)``) seen."""
+    if len(classes) < 2:
+        raise DataError(
+            "one_class", f"every row has the same label ('{next(iter(classes))}')", file=source,
+            field=mapping["label"], hint="A classifier needs at least two different labels",
+        )
+
+
+def normalise_rows(table: Table, shape: str, mapping: dict[str, str], *, need_classes: bool = True) -> list[dict]:
+    """Every row as a plain record of its roles (see :func:`iter_records`), checked, classes included."""
+    out = list(iter_records(table, shape, mapping))
     if need_classes and shape in CLASSIFICATION_SHAPES:
-        classes = {str(r["label"]) for r in out}
-        if len(classes) < 2:
-            raise DataError(
-                "one_class", f"every row has the same label ('{next(iter(classes))}')", file=table.source,
-                field=mapping["label"], hint="A classifier needs at least two different labels",
-            )
+        check_classes({str(r["label"]) for r in out}, table.source, mapping)
     return out
 
 
