@@ -4,10 +4,18 @@ Loss masks come from rendering prefixes: the text of the conversation up to the 
 (with the generation prompt) and up to the end of that turn bracket exactly the characters the model
 must learn to produce. Each span is then tokenized on its own, so a label can never straddle the
 boundary; templates where prefixes do not line up fall back to locating the answer text.
+
+The template a run rendered its data with is saved next to its adapter (:func:`chat_template_files`)
+and the playground prompts with that one (:func:`saved_chat_template`), not with whatever the
+model's tokenizer carries by then: a model without a template of its own trains on ChatML, and a
+hub model's template can change after the run.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from app.core.tasks import renders_chat
 from app.data.errors import DataError
 
 # ChatML, the de-facto default; the end-of-sequence token after an answer teaches the model to stop.
@@ -22,9 +30,32 @@ DEFAULT_CHAT_TEMPLATE = (
 Segment = tuple[str, bool]  # (text, trained on)
 
 
+# The file next to an adapter that holds the chat template its training data was rendered with.
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+
 def chat_template_for(tokenizer) -> str:
-    """The template used for this tokenizer: its own, else ChatML. The engine saves it with the adapter."""
-    return getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
+    """The template used for this tokenizer: its own, else ChatML. The engine saves it with the adapter.
+
+    A tokenizer with several named templates renders with its default one, as transformers does."""
+    own = getattr(tokenizer, "chat_template", None)
+    if not own:
+        return DEFAULT_CHAT_TEMPLATE
+    return tokenizer.get_chat_template() if isinstance(own, dict) else own
+
+
+def chat_template_files(tokenizer, task: str, shape: str) -> dict[str, str]:
+    """The file to save beside the adapter of a run of ``task`` on ``shape`` data: the template it
+    rendered its examples with (name -> text, as ``save_pretrained(extra_files=...)`` takes); empty
+    when the run rendered no chat (plain text, classifiers, sequence-to-sequence)."""
+    return {CHAT_TEMPLATE_FILE: chat_template_for(tokenizer)} if renders_chat(task, shape) else {}
+
+
+def saved_chat_template(folder: str | Path) -> str | None:
+    """The chat template saved with the adapter in ``folder``; None for an adapter saved without one
+    (trained before templates were saved, or on data that renders no chat)."""
+    path = Path(folder) / CHAT_TEMPLATE_FILE
+    return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
 def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:

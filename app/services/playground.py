@@ -4,11 +4,12 @@ classification runs.
 One TunedModel serves both columns: the base output is produced inside ``tuned.disabled()``, so the
 two differ only by the adapter (base tensors a method trained in place, as BitFit or full
 fine-tuning do, are swapped back to their originals there). Conversations are rendered the way the
-run's training data was: chat, instruction and label-as-answer data through the tokenizer's chat
-template (ChatML when it has none, as the data pipeline does), plain-text and prompt/completion data
-as plain text, sequence-to-sequence sources as ``role: content`` lines. Loaded runs are kept in a
-small LRU cache that a :class:`Playground` instance owns (no module-level cache), so the second
-question to a run does not reload the model.
+run's training data was: chat, instruction and label-as-answer data through the chat template saved
+with the adapter (the exact one training used: the model's own, or ChatML for a model without one;
+an adapter saved before templates were kept falls back to that same choice), plain-text and
+prompt/completion data as plain text, sequence-to-sequence sources as ``role: content`` lines.
+Loaded runs are kept in a small LRU cache that a :class:`Playground` instance owns (no module-level
+cache), so the second question to a run does not reload the model.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from app.core.errors import UserError
+from app.core.tasks import PLAIN_TEXT_SHAPES
 from app.services import runs
 from app.services.context import Context
 
@@ -34,7 +36,6 @@ CACHE_SIZE = 2  # loaded runs kept: one base model each (a 135M model is about 0
 
 # How a prompt reaches the model, by the shape of the data the run trained on.
 CHAT, PLAIN, SOURCE = "chat", "plain", "source"
-_PLAIN_SHAPES = ("text", "prompt_completion")
 
 
 class PlaygroundError(UserError, RuntimeError):
@@ -96,7 +97,7 @@ def prompt_style(ctx: Context, run_id: int) -> str:
     if spec.task == "SEQ_2_SEQ_LM":
         return SOURCE
     shape = spec.data.shape if spec.data.shape != "auto" else _detected_shape(ctx, run_id)
-    return PLAIN if shape in _PLAIN_SHAPES else CHAT
+    return PLAIN if shape in PLAIN_TEXT_SHAPES else CHAT
 
 
 def _detected_shape(ctx: Context, run_id: int) -> str | None:
@@ -116,6 +117,7 @@ def _detected_shape(ctx: Context, run_id: int) -> str | None:
 def load_run(ctx: Context, run_id: int) -> Loaded:
     import tuners
     from app.core.models import load_model, load_tokenizer, resolve_model
+    from app.data.chat import saved_chat_template
 
     run = runs.get_run(ctx, run_id)
     if not run.adapter_path or not Path(run.adapter_path).is_dir():
@@ -123,6 +125,9 @@ def load_run(ctx: Context, run_id: int) -> Loaded:
     spec = runs.get_spec(ctx, run_id)
     ref = resolve_model(spec.model.name, ctx.settings.models_dir)
     tokenizer = load_tokenizer(ref, spec.model.trust_remote_code)
+    template = saved_chat_template(run.adapter_path)
+    if template is not None:  # prompt as training rendered its data (and a merged model keeps it)
+        tokenizer.chat_template = template
     task = spec.task
     label_names = _label_names(Path(run.adapter_path))
     model = load_model(ref, task, tokenizer, spec.model.trust_remote_code, label_names)
@@ -178,8 +183,10 @@ def check_max_new_tokens(value: Any) -> int:
     return n
 
 
-def _encode(loaded: Loaded, text: str) -> dict[str, torch.Tensor]:
-    # A rendered chat template carries its own special tokens; plain text gets the tokenizer's.
+def encode_prompt(loaded: Loaded, history: list[dict] | None, prompt: str) -> dict[str, torch.Tensor]:
+    """The token ids the model is given for this conversation: the rendered chat carries its own
+    special tokens (training tokenized it without adding any); plain text gets the tokenizer's."""
+    text = chat_prompt(loaded.tokenizer, history, prompt, loaded.style)
     return loaded.tokenizer(text, return_tensors="pt", add_special_tokens=loaded.style != CHAT)
 
 
@@ -223,7 +230,7 @@ def stream_reply(
         raise PlaygroundError("prompt: type something first")
     n = check_max_new_tokens(max_new_tokens)
     tok = loaded.tokenizer
-    enc = _encode(loaded, chat_prompt(tok, history, prompt, loaded.style))
+    enc = encode_prompt(loaded, history, prompt)
     streamer = _counting_streamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=600)
     stop = _Stop()
     kwargs: dict[str, Any] = {"max_new_tokens": n, "pad_token_id": tok.pad_token_id, "do_sample": temperature > 0,
