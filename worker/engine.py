@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from app.core.spec import RunSpec, SpecError
+from app.data.chat import chat_template_files
 from app.data.pipeline import prepare_for_run
 from app.data.sources import DatasetResolver, resolve_dataset_file
 
@@ -355,7 +356,8 @@ def train(
                                            final=True)
     if reporter.should_stop():
         raise Cancelled(f"cancelled at step {step}")
-    adapter_dir = tuned.save_pretrained(out_dir / "adapter", extra_files=_extras(spec, label_names))
+    adapter_dir = tuned.save_pretrained(out_dir / "adapter", extra_files=_extras(spec, label_names)
+                                        | chat_template_files(tokenizer, task, prepared.stats["shape"]))
     reporter.artifact("adapter", adapter_dir, step)
     reporter.log(f"adapter saved ({step} steps)")
     return TrainResult(adapter_dir, step, label_names, first_eval, last_eval, last_sample_eval)
