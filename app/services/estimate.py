@@ -95,13 +95,13 @@ class ModelShape:
     @classmethod
     def from_model(cls, model: Any) -> ModelShape:
         """Counts parameters of a (possibly meta-device) transformers model by module kind."""
-        from torch import nn
+        from tuners.targets import linear_dims  # the core's rule for a linear layer (GPT-2's Conv1D too)
 
         total = sum(p.numel() for p in model.parameters())
         linear = 0
         gated = False
         for name, module in model.named_modules():
-            is_linear = isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+            is_linear = linear_dims(module) is not None
             if is_linear and not name.endswith(("lm_head", "classifier", "score", "qa_outputs")):
                 linear += module.weight.numel()
             gated = gated or name.endswith(("gate_proj", "gate_up_proj", "w1", "wi_0"))

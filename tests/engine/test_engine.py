@@ -7,6 +7,7 @@ import torch
 
 import tuners
 from app.core.spec import RunSpec
+from app.data.errors import DataError
 from tests.engine.helpers import mapping_spec, save_tiny_model, write_mapping_csv
 from tests.support.tiny_models import tokenizer
 from worker.engine import Cancelled, MemoryReporter, collate, lr_lambda, train
@@ -81,9 +82,8 @@ def test_a_missing_column_fails_before_training(llama_dir, tmp_path):
     spec = mapping_spec(llama_dir, data)
     spec["data"].update(shape="prompt_completion", mapping={"prompt": "prompt", "completion": "completion"})
     reporter = MemoryReporter()
-    with pytest.raises(Exception, match="prompt") as err:
+    with pytest.raises(DataError, match="prompt"):
         train(RunSpec.from_dict(spec), tmp_path / "out", reporter, tmp_path / "models")
-    assert type(err.value).__name__ == "DataError"
     assert reporter.points == []
 
 
