@@ -69,3 +69,9 @@ def page(browser, studio, request):
 
 def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def tab(page, name: str):
+    """The button of a tab by its id, not its label (``app.ui.app`` gives tab ``name`` elem_id
+    ``tab-<name>``, and Gradio its button ``tab-<name>-button``): new, run, runs, playground."""
+    return page.locator(f"#tab-{name}-button")

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tests.browser.conftest import shot
+from tests.browser.conftest import shot, tab
 from tests.browser.test_studio import choose_preset, field, pick, set_number, wait_until_final
 
 pytestmark = pytest.mark.browser
@@ -22,7 +22,7 @@ def _figure(text: str, pattern: str) -> str:
 
 def test_minilm_on_the_drug_reviews_shows_the_runs_own_figures(page, studio):
     page.goto(studio.url)
-    page.get_by_role("tab", name="New run").click()
+    tab(page, "new").click()
     pick(page, "model-bundled", re.compile("all-MiniLM-L6-v2"))
     page.locator("#model-check").click()
     page.locator("#model-info").get_by_text("BertModel").wait_for(timeout=90_000)

@@ -12,7 +12,7 @@ import sys
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import shot
+from tests.browser.conftest import shot, tab
 from tests.browser.test_studio import field
 from tests.engine.helpers import save_tiny_model
 from tests.support.studio import ROOT
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.browser
 
 def open_wizard(page, studio) -> None:
     page.goto(studio.url)
-    page.get_by_role("tab", name="New run").click()
+    tab(page, "new").click()
     page.locator("#model-check").wait_for()
 
 

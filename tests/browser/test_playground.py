@@ -8,7 +8,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import shot
+from tests.browser.conftest import shot, tab
 from tests.browser.test_studio import (
     check_local_model,
     choose_preset,
@@ -66,7 +66,7 @@ def send(page, text: str) -> list[str]:
 def test_playground_picks_the_run_and_chats_side_by_side(page, studio, tmp_path):
     train_tiny_run(page, studio, tmp_path, "play-chat")
 
-    page.get_by_role("tab", name="Playground").click()
+    tab(page, "playground").click()
     # the only finished run is picked, and the "finish a run first" hint is gone
     expect(page.locator("#play-run input")).to_have_value(re.compile(r"^#\d+ play-chat "), timeout=30_000)
     expect(page.locator("#play-run")).not_to_contain_text("Finish a run first")
@@ -105,7 +105,7 @@ def test_playground_picks_the_run_and_chats_side_by_side(page, studio, tmp_path)
     shot(page, "p3-playground-new-chat")
 
     # "new run from this one" says at once what it is doing while the wizard is prepared
-    page.get_by_role("tab", name="Runs").click()
+    tab(page, "runs").click()
     pick(page, "runs-selected", re.compile("play-chat"))
     page.locator("#runs-reuse").click()
     expect(page.locator("#runs-message")).to_contain_text(re.compile(r"Opening run #\d+'s choices in the wizard"),

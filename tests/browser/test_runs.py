@@ -17,7 +17,7 @@ from app.core.settings import Settings
 from app.core.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
 from app.registry.models import LogLine, MetricPoint, Run, utcnow
 from app.services.context import Context
-from tests.browser.conftest import shot
+from tests.browser.conftest import shot, tab
 from tests.browser.test_studio import LEGEND_JS, STORED_DRAFT_JS, field, legend_in_view, pick
 
 pytestmark = pytest.mark.browser
@@ -96,7 +96,7 @@ def test_compare_two_runs_draws_both_curves(page, studio):
     second = seed_run(studio.home, "compare-b", train=[(s, 2.8 - s / 12) for s in range(1, 21)],
                       evals=[(0, 3.1), (10, 2.2), (20, 1.6)])
     page.goto(studio.url)
-    page.get_by_role("tab", name="Runs").click()
+    tab(page, "runs").click()
     expect(page.locator("#runs-table")).to_contain_text("compare-b", timeout=60_000)
     # Ticked as a person does: open the list, tick one, then the other (the list stays open).
     page.locator("#runs-compare input").click()
@@ -123,24 +123,24 @@ def test_a_link_to_a_run_opens_it_in_a_fresh_browser_and_keeps_the_address(page,
     run_id = seed_run(studio.home, "linked-run", train=[(1, 2.0), (2, 1.8)], evals=[(2, 1.9)])
     seed_run(studio.home, "a-newer-run", train=[(1, 2.0)])  # the link, not the newest run, is shown
     open_run(page, studio, run_id, "linked-run")
-    expect(page.get_by_role("tab", name="Run", exact=True)).to_have_attribute("aria-selected", "true")
+    expect(tab(page, "run")).to_have_attribute("aria-selected", "true")
     page.wait_for_timeout(2_000)  # the page has settled: nothing strips the address afterwards
     assert re.search(rf"[?&]run={run_id}(&|$)", page.url), page.url
     expect(page.locator("#run-header")).to_contain_text("linked-run")
     shot(page, "run-linked")
 
     # a half-filled wizard waiting in this browser does not win over an explicit link
-    page.get_by_role("tab", name="New run").click()
+    tab(page, "new").click()
     assert "run=" not in page.url, page.url  # leaving the run view takes the run off the address
     before = page.evaluate(STORED_DRAFT_JS)
     field(page, "model-custom").fill("/some/folder")
     field(page, "model-custom").press("Tab")
     page.wait_for_function(f"(before) => ({STORED_DRAFT_JS})() !== before", arg=before)
     open_run(page, studio, run_id, "linked-run")
-    expect(page.get_by_role("tab", name="Run", exact=True)).to_have_attribute("aria-selected", "true")
+    expect(tab(page, "run")).to_have_attribute("aria-selected", "true")
     page.wait_for_timeout(2_000)
     assert re.search(rf"[?&]run={run_id}(&|$)", page.url), page.url
-    page.get_by_role("tab", name="New run").click()
+    tab(page, "new").click()
     expect(field(page, "model-custom")).to_have_value("/some/folder")  # and the draft is still there
 
     # a link to a run that is gone says so, instead of Gradio's "not in the list of choices" error
@@ -159,7 +159,7 @@ def test_header_and_table_name_the_full_recipe(page, studio):
     expect(page.locator("#run-recipe")).to_have_text(recipe)
     expect(page.locator("#run-picker input")).to_have_value(re.compile(r"LoRA \(DoRA\), NF4 \+ double quant"))
     shot(page, "run-recipe-header")
-    page.get_by_role("tab", name="Runs").click()
+    tab(page, "runs").click()
     row = page.locator("#runs-table").get_by_role("row").filter(has_text="qdora-run")
     expect(row).to_contain_text("LoRA (DoRA)", timeout=60_000)
     expect(row).to_contain_text("NF4 + double quant")

@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 
 from app.services.wizard import PRESETS
 from app.ui.draft import STORAGE_KEY
-from tests.browser.conftest import ARTIFACTS, shot
+from tests.browser.conftest import ARTIFACTS, shot, tab
 from tests.engine.helpers import save_tiny_model
 
 pytestmark = pytest.mark.browser
@@ -57,7 +57,7 @@ def back(page, step: str) -> None:
 def check_local_model(page, studio, model_dir, architecture: str) -> None:
     """A fresh page on the wizard's first step with a local model folder checked."""
     page.goto(studio.url)
-    page.get_by_role("tab", name="New run").click()
+    tab(page, "new").click()
     field(page, "model-custom").fill(str(model_dir))
     page.locator("#model-check").click()
     page.locator("#model-info").get_by_text(architecture).wait_for(timeout=60_000)
@@ -65,7 +65,7 @@ def check_local_model(page, studio, model_dir, architecture: str) -> None:
 
 def choose_preset(page, name: str) -> None:
     """Picking a preset rewrites the fields from the server; wait for that before typing over them."""
-    page.get_by_label(name).check()
+    page.locator("#train-preset").get_by_label(name, exact=True).check()
     max_steps = page.locator("#train-max-steps input[type=number]").first
     expect(max_steps).to_have_value(str(PRESETS[name]["max_steps"]), timeout=30_000)
 
@@ -120,7 +120,7 @@ def test_new_user_trains_lora_and_tries_it(page, studio, tmp_path):
     bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n', encoding="utf-8")
 
     page.goto(studio.url)
-    page.get_by_text("1 · Model").first.wait_for()
+    page.locator("#model-check").wait_for()
     shot(page, "01-model-empty")
 
     # 1 · model: a local folder
@@ -189,7 +189,7 @@ def test_new_user_trains_lora_and_tries_it(page, studio, tmp_path):
     # closing the browser and coming back to the bare address: the run is shown again (still training,
     # or, on a fast machine, already finished)
     page.goto(studio.url)
-    page.get_by_role("tab", name="Run", exact=True).click()
+    tab(page, "run").click()
     page.locator("#run-status").get_by_text(re.compile("running|succeeded")).wait_for(timeout=30_000)
     assert "browser-lora" in page.locator("#run-header").inner_text()
     assert step_text(page) >= after_reload
@@ -215,7 +215,7 @@ def test_new_user_trains_lora_and_tries_it(page, studio, tmp_path):
     assert {"config.json", "model.safetensors"} <= set(zipfile.ZipFile(merged_zip).namelist())
 
     # runs: the table lists it; its full config is the YAML `tunestudio train` takes
-    page.get_by_role("tab", name="Runs").click()
+    tab(page, "runs").click()
     page.wait_for_function("() => (document.querySelector('#runs-table') || {}).innerText?.includes('browser-lora')",
                            timeout=30_000)
     pick(page, "runs-selected", re.compile("browser-lora"))
@@ -224,7 +224,7 @@ def test_new_user_trains_lora_and_tries_it(page, studio, tmp_path):
     shot(page, "10-runs")
 
     # playground: base and tuned side by side
-    page.get_by_role("tab", name="Playground").click()
+    tab(page, "playground").click()
     pick(page, "play-run", re.compile("browser-lora"))
     field(page, "play-prompt").fill("What colour is the sky?")
     page.locator("#play-generate").click()
@@ -259,7 +259,7 @@ def test_classifier_from_a_demo_dataset_shows_label_probabilities(page, studio, 
     wait_until_final(page, 180_000)
     shot(page, "c2-run-done")
 
-    page.get_by_role("tab", name="Playground").click()
+    tab(page, "playground").click()
     pick(page, "play-run", re.compile("browser-classifier"))
     field(page, "play-prompt").fill("This medicine worked well and I felt better within days.")
     page.locator("#play-generate").click()
@@ -271,7 +271,7 @@ def test_classifier_from_a_demo_dataset_shows_label_probabilities(page, studio, 
     shot(page, "c3-playground-labels")
 
     # runs: the compare chart draws the run's eval curve, named in a legend that is not clipped
-    page.get_by_role("tab", name="Runs").click()
+    tab(page, "runs").click()
     pick(page, "runs-compare", re.compile("browser-classifier"))
     page.wait_for_function(f"() => ({LEGEND_JS})('runs-chart').some(t => /^#\\d+ eval$/.test(t))", timeout=30_000)
     shot(page, "c4-runs-compared")
