@@ -3,28 +3,40 @@
 It knows nothing of Celery or the registry; a :class:`Reporter` (the task's registry reporter, or a
 test's in-memory one) receives metric points, log lines and artifacts, and says when to stop.
 Everything that can be wrong with a spec (model, data, method) is checked before the first step.
+
+A run is a :class:`TrainingRecipe` read top to bottom: ``setup()`` (tokenizer, data, model, optimizer
+and schedule, eval plan), ``train()`` (the loop: one optimizer step per ``forward_backward`` over the
+step's micro-batches, evals, checkpoints), ``evaluate()``, ``save()``. What changes as it trains is
+one :class:`TrainState` (adapter, optimizer, schedule, RNG, data order and cursor, step, evals), so
+``save_checkpoint`` / ``resume_from`` continue a run exactly. :func:`train` is the entry point.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 
 from app.core.spec import RunSpec, SpecError
 from app.data.chat import chat_template_files
 from app.data.pipeline import prepare_for_run
+from app.data.prepare import IGNORE
 from app.data.sources import DatasetResolver, resolve_dataset_file
 
 # Batches a data-driven method (FishMask) sees before training to choose what it trains.
 CALIBRATION_BATCHES = 8
+# Inside a checkpoint folder, beside the adapter files: everything else needed to continue the run.
+STATE_FILE = "training_state.pt"
+STATE_VERSION = 1
 
 
 class Cancelled(Exception):
@@ -85,14 +97,18 @@ class TrainResult:
     first_eval_loss: float | None  # at step 0, on the eval sample (training.eval_samples)
     last_eval_loss: float | None  # after the last step, on the whole validation split
     last_sample_eval_loss: float | None = None  # after the last step, on the step-0 sample (compare with first)
+    best_step: int | None = None  # the eval with the lowest sample loss (the figure every eval shares)
+    best_sample_eval_loss: float | None = None
+    stopped_early: str | None = None  # why a callback stopped the loop before its last step
+    eval_metrics: dict[str, float] = field(default_factory=dict)  # the last eval's, on the whole split
 
 
-# ---------------------------------------------------------------------------------------------- data
+# ---------------------------------------------------------------------------------------------- batches and loss
 def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad token lists into a batch; labels pad with -100 so padding carries no loss."""
+    """Right-pad token lists into a batch; labels pad with IGNORE (-100) so padding carries no loss."""
     width = max(len(e["input_ids"]) for e in examples)
     batch: dict[str, torch.Tensor] = {
-        "input_ids": torch.tensor([e["input_ids"] + [pad_id] * (width - len(e["input_ids"])) for e in examples]),
+        "input_ids": torch.tensor([list(e["input_ids"]) + [pad_id] * (width - len(e["input_ids"])) for e in examples]),
         "attention_mask": torch.tensor(
             [list(e.get("attention_mask") or [1] * len(e["input_ids"])) + [0] * (width - len(e["input_ids"]))
              for e in examples]
@@ -102,8 +118,64 @@ def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tens
         batch["labels"] = torch.tensor([int(e["label"]) for e in examples])
     elif "labels" in examples[0]:
         lw = max(len(e["labels"]) for e in examples)
-        batch["labels"] = torch.tensor([list(e["labels"]) + [-100] * (lw - len(e["labels"])) for e in examples])
+        batch["labels"] = torch.tensor([list(e["labels"]) + [IGNORE] * (lw - len(e["labels"])) for e in examples])
     return batch
+
+
+def scored_labels(labels: torch.Tensor, task: str) -> torch.Tensor:
+    """The labels the loss scores, one per prediction: a causal LM's position t predicts token t+1, so
+    its first label is never a target; a classifier has one label per example."""
+    return labels[:, 1:] if task == "CAUSAL_LM" else labels
+
+
+def target_count(labels: torch.Tensor, task: str) -> int:
+    """What a loss is averaged over: target tokens (causal and seq2seq LMs) or examples (SEQ_CLS)."""
+    return int((scored_labels(labels, task) != IGNORE).sum())
+
+
+def predictions(logits: torch.Tensor, labels: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) flattened to one row per scored label, as the loss and the eval metrics see them.
+
+    A soft-prompt method puts its virtual positions before the input, so a causal LM's logits are
+    taken from the end: the input's own positions, each scored against the next token (the same
+    targets for every method).
+    """
+    if task == "SEQ_CLS":
+        return logits, labels
+    if task == "CAUSAL_LM":
+        logits = logits[:, -labels.shape[1] :][:, :-1]
+    targets = scored_labels(labels, task)
+    return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+
+
+def summed_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+    """Cross-entropy summed over the batch's targets (in fp32, as transformers computes it); divided by a
+    target count chosen by the caller: the whole optimizer step's in training, the split's in eval."""
+    scores, targets = predictions(logits, labels, task)
+    return F.cross_entropy(scores.float(), targets, ignore_index=IGNORE, reduction="sum")
+
+
+@dataclass(frozen=True)
+class EvalMetric:
+    """A figure computed at each eval beside the loss: ``measure(logits, labels)`` → (total, count) per
+    batch on the flattened predictions (:func:`predictions`); the figure is Σ total / Σ count."""
+
+    name: str
+    measure: Callable[[torch.Tensor, torch.Tensor], tuple[float, int]]
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    scored = labels != IGNORE
+    return float((logits.argmax(-1)[scored] == labels[scored]).sum()), int(scored.sum())
+
+
+# Share of targets whose most likely prediction is right: examples for a classifier, next tokens for an LM.
+ACCURACY = EvalMetric("accuracy", _accuracy)
+
+
+def default_metrics(task: str) -> tuple[EvalMetric, ...]:
+    """Metrics every run of ``task`` reports (a classifier's accuracy is a column of the metric points)."""
+    return (ACCURACY,) if task == "SEQ_CLS" else ()
 
 
 # ---------------------------------------------------------------------------------------------- eval and log
@@ -136,7 +208,41 @@ def step_log_interval(total_steps: int, log_every: int) -> int:
     return per_line * log_every
 
 
-# ---------------------------------------------------------------------------------------------- schedule
+@dataclass(frozen=True)
+class EvalResult:
+    """One eval. ``sample_loss`` is on the fixed sample every eval shares (compare these across steps);
+    ``loss`` and ``metrics`` are on what this eval saw (the sample, or the whole split at the end)."""
+
+    step: int
+    loss: float
+    sample_loss: float
+    examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+# After each eval the loop asks its callbacks; a returned reason stops it (the run then ends as usual:
+# last eval on the whole split, adapter saved).
+EvalCallback = Callable[[EvalResult, "TrainState"], str | None]
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when ``patience`` evals in a row have not lowered the sample eval loss by more than ``min_delta``
+    below the best so far. Reads only the state's eval history, so a resumed run decides the same."""
+
+    patience: int
+    min_delta: float = 0.0
+
+    def __call__(self, result: EvalResult, state: TrainState) -> str | None:
+        best = state.best(self.min_delta)
+        since = sum(1 for e in state.evals if e.step > best.step) if best is not None else 0
+        if since >= self.patience:
+            return (f"no eval improved on step {best.step}'s loss {best.sample_loss:.4f} by more than "
+                    f"{self.min_delta:g} in {since} evals (early stopping, patience {self.patience})")
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- schedule and device
 def lr_lambda(scheduler: str, warmup: int, total: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if warmup and step < warmup:
@@ -159,6 +265,19 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def rng_state() -> dict[str, Any]:
+    """Every random generator training draws from (dropout, Python's ``random``), to put in a checkpoint."""
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def pick_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         raise SpecError("training.device", "cuda requested but no CUDA device is available")
@@ -174,193 +293,428 @@ def use_bf16(setting: bool | str, device: torch.device) -> bool:
     return supported and setting in (True, "auto")
 
 
-# ---------------------------------------------------------------------------------------------- engine
-def train(
-    spec: RunSpec,
-    out_dir: Path,
-    reporter: Reporter,
-    models_dir: Path,
-    resolver: DatasetResolver | None = None,
-) -> TrainResult:
-    """Run the whole spec; raises :class:`Cancelled` if the reporter asks to stop between steps."""
-    import tuners
-    from app.core.models import load_model, load_tokenizer, position_limit, resolve_model
+# ---------------------------------------------------------------------------------------------- state
+class DataOrder:
+    """The order training examples are drawn in: a fresh seeded permutation each epoch and a cursor into
+    it. The last batch of an epoch may be short; the next epoch starts a new permutation."""
 
-    resolver = resolver or resolve_dataset_file
-    spec.validate()
-    t = spec.training
-    device = pick_device(t.device)
-    bf16 = use_bf16(t.bf16, device)
-    seed_everything(t.seed)
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order: list[int] = []
+        self.cursor = 0
+        self.epochs_begun = 0
 
-    reporter.log(f"model: resolving {spec.model.name!r}")
-    ref = resolve_model(spec.model.name, models_dir)
-    tokenizer = load_tokenizer(ref, spec.model.trust_remote_code)
-    max_positions = position_limit(ref, spec.model.trust_remote_code)
-    prepared, task = prepare_for_run(spec, tokenizer, resolver, reporter.log, max_positions)
-    label_names = list(prepared.label_names) if prepared.label_names else None
+    def take(self, count: int) -> list[int]:
+        if self.cursor >= len(self.order):
+            self.order = torch.randperm(self.size, generator=self.generator).tolist()
+            self.cursor = 0
+            self.epochs_begun += 1
+        indices = self.order[self.cursor : self.cursor + count]
+        self.cursor += count
+        return indices
 
-    seed_everything(t.seed)
-    model = load_model(ref, task, tokenizer, spec.model.trust_remote_code, label_names)
-    micro_per_epoch = math.ceil(len(prepared.train) / t.batch_size)
-    steps_per_epoch = max(1, math.ceil(micro_per_epoch / t.grad_accum))
-    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
-    config = tuners.config_from_dict(spec.adapter_config_dict(task)).for_run(total_steps)
-    config.validate()
-    if config.base_model_name_or_path is None:
-        config = config.replace(base_model_name_or_path=spec.model.name)
-    if spec.model.precision != "full":
-        bits = 4 if spec.model.precision == "nf4" else 8
-        quantized = tuners.quantize(model, bits=bits, double_quant=spec.model.double_quant,
-                                    compute_dtype=torch.bfloat16 if bf16 else torch.float32)
-        model = quantized if quantized is not None else model
-    tuned = tuners.apply(model, config)
-    tuned.to(device)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    if tuned.method.calibrate is not None:
-        calibration = [
-            {k: v.to(device) for k, v in collate(prepared.train[i : i + t.batch_size], pad_id).items()}
-            for i in range(0, min(len(prepared.train), CALIBRATION_BATCHES * t.batch_size), t.batch_size)
-        ]
-        reporter.log(f"method: calibrating {tuned.method.name} on {len(calibration)} training batches")
-        tuned.method.calibrate(tuned, calibration)
-    trainable, total = tuned.trainable_parameters()
-    reporter.log(f"method: {tuned.method.name}; trainable parameters {trainable:,} of {total:,} "
-                 f"({100 * trainable / max(total, 1):.3f}%) on {device.type}{' with bf16 autocast' if bf16 else ''}")
-    params = [p for p in tuned.parameters() if p.requires_grad]
-    if not params:
-        raise SpecError("method", "the adapter has no trainable parameters for this model")
-    peft_ok, reason = tuned.method.peft_loads(tuned, tuned.active_adapter)
-    if not peft_ok:
-        reporter.log(f"method: note: {reason}; the adapter will load with TuneStudio's tuners only")
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "order": torch.tensor(self.order, dtype=torch.long),
+                "cursor": self.cursor, "epochs_begun": self.epochs_begun, "size": self.size}
 
-    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.scheduler, t.warmup_steps, total_steps))
-    adapter_name = tuned.active_adapter
-    after_backward, loss_term = tuned.method.after_backward, tuned.method.loss_term
-    reporter.progress(0, total_steps)
-    reporter.log(f"training: {total_steps} steps ({steps_per_epoch} per epoch), batch {t.batch_size} "
-                 f"x accumulation {t.grad_accum}, lr {t.learning_rate:g} {t.scheduler}, warmup {t.warmup_steps}")
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["size"] != self.size:
+            raise SpecError("data", f"the checkpoint was drawn from {state['size']:,} training examples, "
+                                    f"this run has {self.size:,}; resume needs the same data and settings")
+        self.generator.set_state(state["generator"])
+        self.order = state["order"].tolist()
+        self.cursor, self.epochs_begun = state["cursor"], state["epochs_begun"]
 
-    def autocast():
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
-    plan = eval_plan(len(prepared.eval), t.eval_samples, t.seed)
-    if plan.sample is not None:
-        reporter.log(f"eval: every eval before the last on {len(plan.sample)} of {len(prepared.eval):,} validation "
-                     f"examples (a fixed sample, training.eval_samples); the last on all {len(prepared.eval):,}")
+@dataclass
+class TrainState:
+    """Everything that changes as a run trains, in one object so a checkpoint saves and restores it whole:
+    the adapter's trainable tensors, the optimizer and schedule, the data order and cursor, the step,
+    the evals so far, and (in ``state_dict``) every RNG. Restored into a recipe set up from the same spec,
+    the run continues exactly as if it had never stopped."""
 
-    def run_eval(indices: list[int]) -> tuple[float, int, int]:
-        """(loss sum, loss weight, correct) over ``indices``; length-sorted batches pad little."""
-        loss_sum, weight, correct = 0.0, 0, 0
-        ordered = sorted(indices, key=lambda i: len(prepared.eval[i]["input_ids"]))
-        for start in range(0, len(ordered), t.batch_size):
-            chunk = [prepared.eval[i] for i in ordered[start : start + t.batch_size]]
-            batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
-            out = tuned(**batch)
-            n = len(chunk) if task == "SEQ_CLS" else int((batch["labels"] != -100).sum())
-            loss_sum += float(out.loss) * n
-            weight += n
-            if task == "SEQ_CLS":
-                correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
-        return loss_sum, weight, correct
+    tuned: Any  # tuners.TunedModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    data: DataOrder
+    step: int = 0
+    evals: list[EvalResult] = field(default_factory=list)
 
-    def evaluate(step: int, epoch: float, final: bool = False) -> tuple[float | None, float | None]:
-        """Eval loss at ``step`` (sample, or whole split when ``final``) and, for the last eval, the
-        sample's loss too (the sample's batches go first, so both come from one pass)."""
-        if not prepared.eval:
-            return None, None
-        tuned.eval()
-        with torch.no_grad(), autocast():
-            sample = plan.sample if plan.sample is not None else list(range(len(prepared.eval)))
-            loss_sum, weight, correct = run_eval(sample)
-            sample_loss = loss_sum / max(weight, 1)
-            count = len(sample)
-            if final and plan.sample is not None:
-                more = run_eval(plan.rest)
-                loss_sum, weight, correct = loss_sum + more[0], weight + more[1], correct + more[2]
-                count = len(prepared.eval)
-        tuned.train()
-        loss = loss_sum / max(weight, 1)
-        accuracy = correct / count if task == "SEQ_CLS" else None
-        reporter.metric(Point(step, epoch, "eval", loss, accuracy=accuracy))
-        scope = f"all {count:,}" if count == len(prepared.eval) else f"{count} of {len(prepared.eval):,}"
-        reporter.log(f"eval step {step} on {scope} validation examples: loss {loss:.4f}"
-                     + (f" accuracy {accuracy:.3f}" if accuracy is not None else "")
-                     + (f" (the {len(sample)}-example sample: {sample_loss:.4f})"
-                        if count != len(sample) else ""))
-        return loss, sample_loss
+    def best(self, min_delta: float = 0.0) -> EvalResult | None:
+        """The eval with the lowest sample loss, a later one counting only when lower by more than ``min_delta``."""
+        best: EvalResult | None = None
+        for e in self.evals:
+            if best is None or e.sample_loss < best.sample_loss - min_delta:
+                best = e
+        return best
 
-    log_lines_every = step_log_interval(total_steps, t.log_every)
+    def _trainable(self) -> dict[str, torch.nn.Parameter]:
+        return {k: p for k, p in self.tuned.adapter_parameters().items() if p.requires_grad}
 
-    generator = torch.Generator().manual_seed(t.seed)
-    order: list[int] = []
-    cursor = 0
-    epoch_index = 0
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "step": self.step,
+            "evals": [asdict(e) for e in self.evals],
+            "adapter": {k: p.detach().cpu().clone() for k, p in self._trainable().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "data": self.data.state_dict(),
+            "rng": rng_state(),
+        }
 
-    def next_batch() -> list[dict[str, Any]]:
-        nonlocal order, cursor, epoch_index
-        if cursor >= len(order):
-            order = torch.randperm(len(prepared.train), generator=generator).tolist()
-            cursor = 0
-            epoch_index += 1
-        chunk = [prepared.train[i] for i in order[cursor : cursor + t.batch_size]]
-        cursor += t.batch_size
-        return chunk
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise SpecError("training", f"checkpoint format {state.get('version')!r} is not this engine's "
+                                        f"({STATE_VERSION})")
+        params = self._trainable()
+        saved = state["adapter"]
+        if set(saved) != set(params) or any(saved[k].shape != p.shape for k, p in params.items()):
+            raise SpecError("method", "the checkpoint's adapter does not match this run's method and model; "
+                                      "resume needs the spec the checkpoint was written by")
+        with torch.no_grad():
+            for key, param in params.items():
+                param.copy_(saved[key])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.data.load_state_dict(state["data"])
+        self.step = state["step"]
+        self.evals = [EvalResult(**e) for e in state["evals"]]
+        set_rng_state(state["rng"])
 
-    tuned.train()
-    first_eval, _ = evaluate(0, 0.0)
-    step = 0
-    window_tokens, window_start = 0, time.perf_counter()
-    while step < total_steps:
-        if reporter.should_stop():
-            raise Cancelled(f"cancelled at step {step}")
-        step_loss = 0.0
-        for _ in range(t.grad_accum):
-            batch = {k: v.to(device) for k, v in collate(next_batch(), pad_id).items()}
-            window_tokens += int(batch["attention_mask"].sum())
-            with autocast():
-                loss = tuned(**batch).loss
-                if loss_term is not None:
-                    loss = loss + loss_term(tuned, adapter_name)
-            if not torch.isfinite(loss):
-                raise SpecError("training.learning_rate", f"the loss became {float(loss)} at step {step + 1}; "
-                                                         "lower the learning rate")
-            (loss / t.grad_accum).backward()
-            step_loss += float(loss.detach()) / t.grad_accum
-        grad_norm = _grad_norm(params, t.max_grad_norm)
-        lr = schedule.get_last_lr()[0]
-        optimizer.step()
-        schedule.step()
-        step += 1
-        if after_backward is not None:
-            after_backward(tuned, adapter_name, step)
-        optimizer.zero_grad(set_to_none=True)
-        epoch = (step * t.grad_accum * t.batch_size) / len(prepared.train)
-        reporter.progress(step, total_steps)
-        if step % t.log_every == 0 or step == total_steps:
-            elapsed = time.perf_counter() - window_start
-            speed = window_tokens / max(elapsed, 1e-9)
-            reporter.metric(Point(step, epoch, "train", step_loss, lr, speed, grad_norm))
-            if step == 1 or step % log_lines_every == 0 or step == total_steps:
-                reporter.log(f"step {step}/{total_steps}: loss {step_loss:.4f} · lr {lr:.3g} · "
-                             f"{speed:,.0f} tokens/s · grad norm {grad_norm:.3g}")
-            window_tokens, window_start = 0, time.perf_counter()
-        if t.eval_every and step % t.eval_every == 0 and step != total_steps:
-            evaluate(step, epoch)
-        if t.checkpoint_every and step % t.checkpoint_every == 0 and step != total_steps:
-            path = tuned.save_pretrained(out_dir / "checkpoints" / f"step-{step}", extra_files=_extras(spec, label_names))
-            reporter.artifact("checkpoint", path, step)
-            reporter.log(f"checkpoint saved at step {step}")
-    last_eval, last_sample_eval = evaluate(step, (step * t.grad_accum * t.batch_size) / len(prepared.train),
-                                           final=True)
-    if reporter.should_stop():
-        raise Cancelled(f"cancelled at step {step}")
-    adapter_dir = tuned.save_pretrained(out_dir / "adapter", extra_files=_extras(spec, label_names)
-                                        | chat_template_files(tokenizer, task, prepared.stats["shape"]))
-    reporter.artifact("adapter", adapter_dir, step)
-    reporter.log(f"adapter saved ({step} steps)")
-    return TrainResult(adapter_dir, step, label_names, first_eval, last_eval, last_sample_eval)
+
+# ---------------------------------------------------------------------------------------------- the recipe
+class TrainingRecipe:
+    """One run of a spec, in stages: ``setup()`` then ``run()`` (``train()`` → last ``evaluate()`` → ``save()``).
+
+    ``callbacks`` are asked after every eval whether to stop (:class:`EarlyStopping`); ``metrics`` are
+    computed at every eval beside the loss and the task's own (:func:`default_metrics`).
+    """
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        out_dir: Path,
+        reporter: Reporter,
+        models_dir: Path,
+        resolver: DatasetResolver | None = None,
+        *,
+        callbacks: Sequence[EvalCallback] = (),
+        metrics: Sequence[EvalMetric] = (),
+    ) -> None:
+        spec.validate()
+        self.spec, self.out_dir, self.reporter, self.models_dir = spec, Path(out_dir), reporter, models_dir
+        self.resolver = resolver or resolve_dataset_file
+        self.callbacks = list(callbacks)
+        self.extra_metrics = list(metrics)
+        self.t = spec.training
+        self.stopped_early: str | None = None
+
+    # ------------------------------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Everything before the first step; every check that can fail on the spec fails here."""
+        self.device = pick_device(self.t.device)
+        self.bf16 = use_bf16(self.t.bf16, self.device)
+        seed_everything(self.t.seed)
+        self._setup_tokenizer()
+        self._setup_data()
+        seed_everything(self.t.seed)
+        self._setup_model()
+        self._setup_optimizer()
+        self._setup_eval()
+        self.state = TrainState(self.tuned, self.optimizer, self.scheduler, DataOrder(len(self.train_data), self.t.seed))
+        self.reporter.progress(0, self.total_steps)
+        self.reporter.log(
+            f"training: {self.total_steps} steps ({self.steps_per_epoch} per epoch), batch {self.t.batch_size} "
+            f"x accumulation {self.t.grad_accum}, lr {self.t.learning_rate:g} {self.t.scheduler}, "
+            f"warmup {self.t.warmup_steps}")
+
+    def _setup_tokenizer(self) -> None:
+        from app.core.models import load_tokenizer, position_limit, resolve_model
+
+        spec = self.spec
+        self.reporter.log(f"model: resolving {spec.model.name!r}")
+        self.model_ref = resolve_model(spec.model.name, self.models_dir)
+        self.tokenizer = load_tokenizer(self.model_ref, spec.model.trust_remote_code)
+        self.max_positions = position_limit(self.model_ref, spec.model.trust_remote_code)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def _setup_data(self) -> None:
+        """The data stage is :func:`app.data.pipeline.prepare_for_run`; the engine reads its splits only
+        by ``len`` and index."""
+        prepared, self.task = prepare_for_run(self.spec, self.tokenizer, self.resolver, self.reporter.log,
+                                              self.max_positions)
+        self.train_data, self.eval_data = prepared.train, prepared.eval
+        self.label_names = list(prepared.label_names) if prepared.label_names else None
+        self.data_shape = prepared.stats["shape"]
+        t = self.t
+        micro_per_epoch = math.ceil(len(self.train_data) / t.batch_size)
+        self.steps_per_epoch = max(1, math.ceil(micro_per_epoch / t.grad_accum))
+        self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * self.steps_per_epoch))
+
+    def _setup_model(self) -> None:
+        """Load the base, quantize it if asked, attach the method (calibrating it on a few batches if it
+        chooses what to train from the data)."""
+        import tuners
+        from app.core.models import load_model
+
+        spec = self.spec
+        model = load_model(self.model_ref, self.task, self.tokenizer, spec.model.trust_remote_code, self.label_names)
+        config = tuners.config_from_dict(spec.adapter_config_dict(self.task)).for_run(self.total_steps)
+        config.validate()
+        if config.base_model_name_or_path is None:
+            config = config.replace(base_model_name_or_path=spec.model.name)
+        if spec.model.precision != "full":
+            bits = 4 if spec.model.precision == "nf4" else 8
+            quantized = tuners.quantize(model, bits=bits, double_quant=spec.model.double_quant,
+                                        compute_dtype=torch.bfloat16 if self.bf16 else torch.float32)
+            model = quantized if quantized is not None else model
+        tuned = tuners.apply(model, config)
+        tuned.to(self.device)
+        self.tuned = tuned
+        if tuned.method.calibrate is not None:
+            size = self.t.batch_size
+            calibration = [self._on_device(collate([self.train_data[j] for j in range(i, min(i + size, len(self.train_data)))],
+                                                   self.pad_id))
+                           for i in range(0, min(len(self.train_data), CALIBRATION_BATCHES * size), size)]
+            self.reporter.log(f"method: calibrating {tuned.method.name} on {len(calibration)} training batches")
+            tuned.method.calibrate(tuned, calibration)
+        trainable, total = tuned.trainable_parameters()
+        self.reporter.log(
+            f"method: {tuned.method.name}; trainable parameters {trainable:,} of {total:,} "
+            f"({100 * trainable / max(total, 1):.3f}%) on {self.device.type}{' with bf16 autocast' if self.bf16 else ''}")
+        self.params = [p for p in tuned.parameters() if p.requires_grad]
+        if not self.params:
+            raise SpecError("method", "the adapter has no trainable parameters for this model")
+        peft_ok, reason = tuned.method.peft_loads(tuned, tuned.active_adapter)
+        if not peft_ok:
+            self.reporter.log(f"method: note: {reason}; the adapter will load with TuneStudio's tuners only")
+
+    def _setup_optimizer(self) -> None:
+        t = self.t
+        self.optimizer = torch.optim.AdamW(self.params, lr=t.learning_rate, weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(t.scheduler, t.warmup_steps, self.total_steps))
+
+    def _setup_eval(self) -> None:
+        self.metrics = [*default_metrics(self.task), *self.extra_metrics]
+        self.plan = eval_plan(len(self.eval_data), self.t.eval_samples, self.t.seed)
+        if self.plan.sample is not None:
+            n = len(self.eval_data)
+            self.reporter.log(f"eval: every eval before the last on {len(self.plan.sample)} of {n:,} validation "
+                              f"examples (a fixed sample, training.eval_samples); the last on all {n:,}")
+
+    # ------------------------------------------------------------------------------------------ the loop
+    def train(self) -> None:
+        """Optimizer steps until the last (or until a callback stops the loop); raises :class:`Cancelled`
+        when the reporter asks to stop between steps. Continues from ``state.step`` after a resume."""
+        t, state = self.t, self.state
+        log_lines_every = step_log_interval(self.total_steps, t.log_every)
+        self.tuned.train()
+        if state.step == 0 and not state.evals:
+            self.evaluate()
+        window_tokens, window_start = 0, time.perf_counter()
+        while state.step < self.total_steps:
+            if self.reporter.should_stop():
+                raise Cancelled(f"cancelled at step {state.step}")
+            micro_batches = [self._on_device(collate([self.train_data[i] for i in state.data.take(t.batch_size)],
+                                                     self.pad_id))
+                             for _ in range(t.grad_accum)]
+            window_tokens += sum(int(b["attention_mask"].sum()) for b in micro_batches)
+            loss = self.forward_backward(micro_batches, step=state.step + 1)
+            grad_norm = _grad_norm(self.params, t.max_grad_norm)
+            lr = self.scheduler.get_last_lr()[0]
+            self.optimizer.step()
+            self.scheduler.step()
+            state.step += 1
+            step = state.step
+            if self.tuned.method.after_backward is not None:
+                self.tuned.method.after_backward(self.tuned, self.tuned.active_adapter, step)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.reporter.progress(step, self.total_steps)
+            if step % t.log_every == 0 or step == self.total_steps:
+                speed = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                self.reporter.metric(Point(step, self.epoch, "train", loss, lr, speed, grad_norm))
+                if step == 1 or step % log_lines_every == 0 or step == self.total_steps:
+                    self.reporter.log(f"step {step}/{self.total_steps}: loss {loss:.4f} · lr {lr:.3g} · "
+                                      f"{speed:,.0f} tokens/s · grad norm {grad_norm:.3g}")
+                window_tokens, window_start = 0, time.perf_counter()
+            if t.eval_every and step % t.eval_every == 0 and step != self.total_steps:
+                self.evaluate()
+                if self.stopped_early:
+                    self.reporter.log(f"stopping at step {step}: {self.stopped_early}")
+                    break
+            if t.checkpoint_every and step % t.checkpoint_every == 0 and step != self.total_steps:
+                path = self.save_checkpoint(self.out_dir / "checkpoints" / f"step-{step}")
+                self.reporter.artifact("checkpoint", path, step)
+                self.reporter.log(f"checkpoint saved at step {step}")
+
+    def forward_backward(self, micro_batches: list[dict[str, torch.Tensor]], step: int | None = None) -> float:
+        """Forward and backward over one optimizer step's micro-batches; returns the step's loss.
+
+        Each micro-batch's summed loss is divided by the target count of the whole step (tokens for an
+        LM, examples for a classifier), so the accumulated gradient is that of the step's examples as one
+        batch, whatever their lengths, and the returned loss is that batch's mean, as eval weighs it.
+        A method's loss term (AdaLoRA's orthogonality) depends on the weights only: added once per step.
+        """
+        total = max(1, sum(target_count(b["labels"], self.task) for b in micro_batches))
+        loss_sum = 0.0
+        for batch in micro_batches:
+            with self._autocast():
+                summed = summed_loss(self.tuned(**self._model_inputs(batch)).logits, batch["labels"], self.task)
+            self._check_finite(summed, step)
+            (summed / total).backward()
+            loss_sum += float(summed.detach())
+        loss = loss_sum / total
+        loss_term = self.tuned.method.loss_term
+        if loss_term is not None:
+            with self._autocast():
+                term = loss_term(self.tuned, self.tuned.active_adapter)
+            self._check_finite(term, step)
+            term.backward()
+            loss += float(term.detach())
+        return loss
+
+    @property
+    def epoch(self) -> float:
+        return (self.state.step * self.t.grad_accum * self.t.batch_size) / len(self.train_data)
+
+    def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model scores nothing itself (the engine's loss does); a seq2seq model still needs its labels
+        to build the decoder's inputs."""
+        return batch if self.task == "SEQ_2_SEQ_LM" else {k: v for k, v in batch.items() if k != "labels"}
+
+    def _check_finite(self, loss: torch.Tensor, step: int | None) -> None:
+        if not torch.isfinite(loss):
+            raise SpecError("training.learning_rate", f"the loss became {float(loss)} at step {step}; "
+                                                     "lower the learning rate")
+
+    def _on_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    # ------------------------------------------------------------------------------------------ eval
+    def evaluate(self, final: bool = False) -> EvalResult | None:
+        """Eval at the current step on the fixed sample (or, when ``final``, on the whole split, the
+        sample's batches first so both figures come from one pass); reports it, records it in the
+        state and asks the callbacks whether to stop. None when there is no validation split."""
+        if not self.eval_data:
+            return None
+        n = len(self.eval_data)
+        sample = self.plan.sample if self.plan.sample is not None else list(range(n))
+        self.tuned.eval()
+        with torch.no_grad(), self._autocast():
+            sums = self._eval_pass(sample)
+            sample_loss = sums.loss()
+            if final and self.plan.sample is not None:
+                sums = sums.plus(self._eval_pass(self.plan.rest))
+        self.tuned.train()
+        step = self.state.step
+        result = EvalResult(step, sums.loss(), sample_loss, sums.examples, sums.metric_values())
+        accuracy = result.metrics.get("accuracy")
+        self.reporter.metric(Point(step, self.epoch, "eval", result.loss, accuracy=accuracy))
+        scope = f"all {result.examples:,}" if result.examples == n else f"{result.examples} of {n:,}"
+        shown = "".join(f" {name} {value:.3f}" if name == "accuracy" else f" {name} {value:.4g}"
+                        for name, value in result.metrics.items())
+        self.reporter.log(f"eval step {step} on {scope} validation examples: loss {result.loss:.4f}{shown}"
+                          + (f" (the {len(sample)}-example sample: {sample_loss:.4f})"
+                             if result.examples != len(sample) else ""))
+        self.state.evals.append(result)
+        for callback in self.callbacks:
+            reason = callback(result, self.state)
+            if reason and not final:
+                self.stopped_early = self.stopped_early or reason
+        return result
+
+    def _eval_pass(self, indices: list[int]) -> _EvalSums:
+        """Loss and metric sums over ``indices``; length-sorted batches pad little."""
+        sums = _EvalSums(totals={m.name: (0.0, 0) for m in self.metrics})
+        ordered = sorted(indices, key=lambda i: len(self.eval_data[i]["input_ids"]))
+        for start in range(0, len(ordered), self.t.batch_size):
+            chunk = [self.eval_data[i] for i in ordered[start : start + self.t.batch_size]]
+            batch = self._on_device(collate(chunk, self.pad_id))
+            logits = self.tuned(**self._model_inputs(batch)).logits
+            labels = batch["labels"]
+            sums.loss_sum += float(summed_loss(logits, labels, self.task))
+            sums.targets += target_count(labels, self.task)
+            sums.examples += len(chunk)
+            scores, targets = predictions(logits, labels, self.task)
+            for metric in self.metrics:
+                total, count = metric.measure(scores, targets)
+                before = sums.totals[metric.name]
+                sums.totals[metric.name] = (before[0] + total, before[1] + count)
+        return sums
+
+    # ------------------------------------------------------------------------------------------ save
+    def save(self) -> Path:
+        """The run's adapter, with what a person or the playground needs beside it (:meth:`_extras`)."""
+        adapter_dir = self.tuned.save_pretrained(self.out_dir / "adapter", extra_files=self._extras())
+        self.reporter.artifact("adapter", adapter_dir, self.state.step)
+        self.reporter.log(f"adapter saved ({self.state.step} steps)")
+        return adapter_dir
+
+    def _extras(self) -> dict[str, str]:
+        """Files saved beside every adapter and checkpoint: the run's spec, a classifier's label names."""
+        extras = {"training_config.yaml": self.spec.to_yaml()}
+        if self.label_names:
+            extras["label_map.json"] = json.dumps({"id2label": dict(enumerate(self.label_names))}, indent=2) + "\n"
+        extras.update(chat_template_files(self.tokenizer, self.task, self.data_shape))  # the playground prompts with it
+        return extras
+
+    def save_checkpoint(self, path: Path) -> Path:
+        """An adapter folder (loadable like the final one) plus :data:`STATE_FILE`, written last and
+        atomically: a checkpoint is complete exactly when that file exists."""
+        path = self.tuned.save_pretrained(path, extra_files=self._extras())
+        partial = path / (STATE_FILE + ".partial")
+        torch.save(self.state.state_dict(), partial)
+        os.replace(partial, path / STATE_FILE)
+        return path
+
+    def resume_from(self, path: Path) -> None:
+        """Continue from a checkpoint written by a run of the same spec (after :meth:`setup`)."""
+        state = torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
+        self.state.load_state_dict(state)
+        self.reporter.progress(self.state.step, self.total_steps)
+        self.reporter.log(f"resumed from step {self.state.step} ({path})")
+
+    # ------------------------------------------------------------------------------------------ whole run
+    def run(self) -> TrainResult:
+        """The loop, the last eval on the whole validation split, the adapter."""
+        self.train()
+        last = self.evaluate(final=True)
+        if self.reporter.should_stop():
+            raise Cancelled(f"cancelled at step {self.state.step}")
+        adapter_dir = self.save()
+        best = self.state.best()
+        first = self.state.evals[0].loss if self.state.evals and self.state.evals[0].step == 0 else None
+        return TrainResult(
+            adapter_dir, self.state.step, self.label_names, first,
+            last.loss if last else None, last.sample_loss if last else None,
+            best.step if best else None, best.sample_loss if best else None,
+            self.stopped_early, dict(last.metrics) if last else {},
+        )
+
+
+@dataclass
+class _EvalSums:
+    loss_sum: float = 0.0
+    targets: int = 0
+    examples: int = 0
+    totals: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+    def loss(self) -> float:
+        return self.loss_sum / max(self.targets, 1)
+
+    def plus(self, other: _EvalSums) -> _EvalSums:
+        totals = {k: (v[0] + other.totals[k][0], v[1] + other.totals[k][1]) for k, v in self.totals.items()}
+        return _EvalSums(self.loss_sum + other.loss_sum, self.targets + other.targets,
+                         self.examples + other.examples, totals)
+
+    def metric_values(self) -> dict[str, float]:
+        return {k: total / max(count, 1) for k, (total, count) in self.totals.items()}
 
 
 def _grad_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
@@ -370,8 +724,22 @@ def _grad_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> floa
     return float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
 
 
-def _extras(spec: RunSpec, label_names: list[str] | None) -> dict[str, str]:
-    extras = {"training_config.yaml": spec.to_yaml()}
-    if label_names:
-        extras["label_map.json"] = json.dumps({"id2label": dict(enumerate(label_names))}, indent=2) + "\n"
-    return extras
+# ---------------------------------------------------------------------------------------------- entry point
+def train(
+    spec: RunSpec,
+    out_dir: Path,
+    reporter: Reporter,
+    models_dir: Path,
+    resolver: DatasetResolver | None = None,
+    *,
+    resume_from: Path | None = None,
+    callbacks: Sequence[EvalCallback] = (),
+    metrics: Sequence[EvalMetric] = (),
+) -> TrainResult:
+    """Run the whole spec (from a checkpoint folder when ``resume_from``); raises :class:`Cancelled` if
+    the reporter asks to stop between steps."""
+    recipe = TrainingRecipe(spec, out_dir, reporter, models_dir, resolver, callbacks=callbacks, metrics=metrics)
+    recipe.setup()
+    if resume_from is not None:
+        recipe.resume_from(resume_from)
+    return recipe.run()
