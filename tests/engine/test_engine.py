@@ -56,10 +56,19 @@ def test_a_fixed_mapping_is_learned_and_the_adapter_reloads_with_the_trained_beh
 
 
 def test_runs_with_the_same_seed_are_identical(llama_dir, mapping_file, tmp_path):
-    spec = mapping_spec(llama_dir, mapping_file, max_steps=5, eval_every=0)
-    _, a = _run(spec, tmp_path / "a")
-    _, b = _run(spec, tmp_path / "b")
-    assert [p.loss for p in a.points] == [p.loss for p in b.points]
+    from safetensors.torch import load_file
+
+    spec = mapping_spec(llama_dir, mapping_file, max_steps=5, eval_every=0, grad_accum=2, batch_size=4)
+    spec["method"]["lora_dropout"] = 0.1  # randomness drawn while training, from the seed
+    results = [_run(spec, tmp_path / name) for name in ("a", "b")]
+    (ra, a), (rb, b) = results
+    assert [(p.loss, p.grad_norm) for p in a.points] == [(p.loss, p.grad_norm) for p in b.points]
+    ta, tb = (load_file(r.adapter_dir / "adapter_model.safetensors") for r in (ra, rb))
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    spec["training"]["seed"] = 4
+    rc, _ = _run(spec, tmp_path / "c")
+    tc = load_file(rc.adapter_dir / "adapter_model.safetensors")
+    assert not all(torch.equal(ta[k], tc[k]) for k in ta)  # the seed is what makes them equal
 
 
 def test_gradient_accumulation_counts_optimizer_steps_and_checkpoints_are_written(llama_dir, mapping_file, tmp_path):
