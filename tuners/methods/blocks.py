@@ -15,27 +15,34 @@ and their look-alikes. The rules:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from torch import nn
 
 from tuners.config import ConfigError
-from tuners.layers import AdapterLayer
-from tuners.targets import linear_dims
+from tuners.targets import linear_dims, unwrapped
 
 _KEY_VALUE = {"k_proj", "v_proj", "key", "value", "k", "v", "k_lin", "v_lin", "wk", "wv"}
 
 
 def _is_attention(module: nn.Module) -> bool:
-    return "Attention" in type(module).__name__
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.base_layer if isinstance(module, AdapterLayer) else module
+    return "Attention" in type(unwrapped(module)).__name__
 
 
 def _linear_like(module: nn.Module) -> bool:
-    return linear_dims(_unwrap(module)) is not None
+    return linear_dims(unwrapped(module)) is not None
+
+
+def _structure(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    """(name, module) pairs named as in the model before any adapter: a wrapper stands at the path of
+    the module it wraps, that module's children follow under their own names, and the adapters' modules
+    (``adapter_up.<name>``, ``base_layer``) never appear. So a second adapter finds the same blocks and
+    sublayers as the first; the names resolve with ``get_submodule`` (a wrapper passes unknown
+    attributes on to the module it wraps)."""
+    yield prefix, module
+    for name, child in unwrapped(module).named_children():
+        yield from _structure(child, f"{prefix}.{name}" if prefix else name)
 
 
 @dataclass(frozen=True)
@@ -51,43 +58,35 @@ class Block:
 def block_lists(model: nn.Module) -> list[str]:
     """Full names of the model's block lists (one for decoder-only/encoder models, two for T5)."""
     found = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList) or len(module) == 0 or isinstance(module, AdapterLayer):
+    for name, module in _structure(model):
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
         classes = {type(child) for child in module}
         if len(classes) != 1:
             continue
-        first = module[0]
-        has_attention = any(_is_attention(m) for m in first.modules())
-        has_linear = any(_linear_like(m) for m in first.modules())
+        inside = [m for _, m in _structure(module[0])]
+        has_attention = any(_is_attention(m) for m in inside)
+        has_linear = any(_linear_like(m) for m in inside)
         if has_attention and has_linear:
             found.append(name)
     # Keep outermost lists only (a list nested in a block is part of that block).
     return [n for n in found if not any(n != o and n.startswith(o + ".") for o in found)]
 
 
-def _inside_wrapper(name: str) -> bool:
-    return ".base_layer" in f".{name}" or ".modules_to_save." in f".{name}."
-
-
 def describe_block(model: nn.Module, name: str) -> Block:
     block = model.get_submodule(name)
     attention: list[str] = []
-    for sub, module in block.named_modules():
+    for sub, module in _structure(block):
         if sub and _is_attention(module) and not any(sub.startswith(a + ".") for a in attention):
             attention.append(sub)
     outputs = []
     for att in attention:
-        linears = [
-            n for n, m in block.get_submodule(att).named_modules()
-            if n and _linear_like(m) and not _inside_wrapper(n)
-        ]
+        linears = [n for n, m in _structure(block.get_submodule(att)) if n and _linear_like(m)]
         if linears:
             outputs.append(f"{att}.{linears[-1]}")
     ffn = [
-        n for n, m in block.named_modules()
-        if n and _linear_like(m) and not _inside_wrapper(n)
-        and not any(n == a or n.startswith(a + ".") for a in attention)
+        n for n, m in _structure(block)
+        if n and _linear_like(m) and not any(n == a or n.startswith(a + ".") for a in attention)
     ]
     prefix = f"{name}." if name else ""
     return Block(
@@ -133,7 +132,7 @@ def key_value_projections(model: nn.Module) -> list[str]:
         for block in stack:
             for att in block.attention:
                 module = model.get_submodule(att)
-                linears = [(n, m) for n, m in module.named_modules() if n and _linear_like(m) and not _inside_wrapper(n)]
+                linears = [(n, m) for n, m in _structure(module) if n and _linear_like(m)]
                 kv = [n for n, _ in linears if n.rsplit(".", 1)[-1] in _KEY_VALUE]
                 if not kv:
                     outputs = {o[len(att) + 1:] for o in block.attention_outputs}
