@@ -1,9 +1,12 @@
-"""Machinery every injected layer shares: a frozen base module plus per-adapter parameters.
+"""Machinery every injected layer shares: a frozen base module plus per-adapter state.
 
 An :class:`AdapterLayer` replaces a target module in place. It keeps the original as ``base_layer``
-(so parameter paths match peft's: ``q_proj.base_layer.weight``) and holds each adapter's parameters
-in ``nn.ModuleDict`` / ``nn.ParameterDict`` containers keyed by adapter name, listed in
-``adapter_attrs``. Naming, saving, deleting and switching adapters work from that list alone.
+(so parameter paths match peft's: ``q_proj.base_layer.weight``) and holds everything it keeps per
+adapter in containers keyed by adapter name (``nn.ModuleDict``, ``nn.ParameterDict``, plain dicts),
+each declared once on the class: ``adapter_params`` for the adapter's own tensors (trained and saved),
+``adapter_extras`` for the rest (dropout modules, scales, schedules, merge bookkeeping). Naming,
+saving, switching and deleting adapters work from those declarations alone, so a new layer gets a
+complete delete by declaring its attributes, not by writing one.
 """
 
 from __future__ import annotations
@@ -17,13 +20,17 @@ from tuners.targets import is_fan_in_fan_out
 
 
 class AdapterLayer(nn.Module):
-    """Base for wrapper layers. Subclasses define ``adapter_attrs`` and ``forward``.
+    """Base for wrapper layers. Subclasses declare ``adapter_params`` / ``adapter_extras`` and define
+    ``forward``; they create every declared container in ``__init__``.
 
     ``active_adapter`` is None when no adapter of this layer is active; ``disabled`` turns every
     adapter off (the base behaviour, for side-by-side comparisons).
     """
 
-    adapter_attrs: tuple[str, ...] = ()
+    # Containers of the adapter's own tensors, saved under ``<attr>.<param>`` (peft's adapter_layer_names).
+    adapter_params: tuple[str, ...] = ()
+    # Every other attribute that holds something per adapter (peft's other_param_names and more).
+    adapter_extras: tuple[str, ...] = ()
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
@@ -31,6 +38,11 @@ class AdapterLayer(nn.Module):
         self.active_adapter: str | None = None
         self.disabled = False
         self.merged_adapters: list[str] = []
+
+    @property
+    def adapter_attrs(self) -> tuple[str, ...]:
+        """Every per-adapter attribute of this layer: what a delete must empty."""
+        return self.adapter_params + self.adapter_extras
 
     @property
     def adapter_names(self) -> list[str]:
@@ -47,7 +59,7 @@ class AdapterLayer(nn.Module):
     def adapter_state(self, adapter_name: str) -> dict[str, nn.Parameter]:
         """The adapter's parameters keyed relative to this layer, adapter name removed (peft's keys)."""
         out: dict[str, nn.Parameter] = {}
-        for attr in self.adapter_attrs:
+        for attr in self.adapter_params:
             container = getattr(self, attr)
             if adapter_name not in container:
                 continue
@@ -63,11 +75,14 @@ class AdapterLayer(nn.Module):
         self.active_adapter = adapter_name if adapter_name in self.adapter_names else None
 
     def delete_adapter(self, adapter_name: str) -> None:
+        """Drop everything this layer keeps for ``adapter_name`` (a no-op for a name it does not have)."""
         if adapter_name in self.merged_adapters:
             raise RuntimeError(f"adapter {adapter_name!r} is merged; unmerge it before deleting")
         for attr in self.adapter_attrs:
             container = getattr(self, attr)
-            if adapter_name in container:
+            if isinstance(container, set):
+                container.discard(adapter_name)
+            elif adapter_name in container:
                 del container[adapter_name]
         if self.active_adapter == adapter_name:
             self.active_adapter = None
@@ -118,7 +133,7 @@ class ModulesToSave(AdapterLayer):
     Saved under the original module's path (``score.weight``) as peft does.
     """
 
-    adapter_attrs = ("modules_to_save",)
+    adapter_params = ("modules_to_save",)
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)

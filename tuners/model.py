@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from tuners.config import HEAD_NAMES, AdapterConfig, ConfigError
+from tuners.inject import Insertion, adapter_layers, insert_adapter, remove_adapter
 from tuners.layers import AdapterLayer, ModulesToSave, replace_module
 from tuners.method import Method
 from tuners.methods import method_for
@@ -75,18 +76,15 @@ class TunedModel(nn.Module):
                 self.adapter_modules[adapter_name] = module
             self._add_modules_to_save(config, adapter_name)
         except BaseException:
-            self._discard_layers(adapter_name)  # a failed add leaves the model as it was
+            self._discard(adapter_name)  # a failed add leaves the model as it was
             raise
         self.configs[adapter_name] = config
         self.set_adapter(adapter_name)
 
-    def _discard_layers(self, adapter_name: str) -> None:
-        """Remove ``adapter_name`` from every layer and unwrap layers left without any adapter."""
-        for name, layer in list(self.adapter_layers()):
-            if adapter_name in layer.adapter_names:
-                layer.delete_adapter(adapter_name)
-            if not layer.adapter_names:
-                replace_module(self.model, name, layer.base_layer)
+    def _discard(self, adapter_name: str) -> None:
+        """Remove every trace of ``adapter_name``: its state in each layer (wrappers left without any
+        adapter are unwrapped) and its model-level module."""
+        remove_adapter(self.model, adapter_name)
         if adapter_name in self.adapter_modules:
             del self.adapter_modules[adapter_name]
 
@@ -112,17 +110,10 @@ class TunedModel(nn.Module):
         ]
         if not names:
             raise ConfigError(f"modules_to_save: {config.modules_to_save!r} matched no module")
-        for name in names:
-            module = self.model.get_submodule(name)
-            if not isinstance(module, ModulesToSave):
-                module = ModulesToSave(module)
-                replace_module(self.model, name, module)
-            module.add(adapter_name)
+        insert_adapter(self.model, config, adapter_name, _MODULES_TO_SAVE, names=names)
 
     def adapter_layers(self) -> Iterator[tuple[str, AdapterLayer]]:
-        for name, module in self.model.named_modules():
-            if isinstance(module, AdapterLayer):
-                yield name, module
+        yield from adapter_layers(self.model)
 
     def set_adapter(self, adapter_name: str) -> None:
         """Make ``adapter_name`` the one used by forward; only its parameters are trainable."""
@@ -138,12 +129,7 @@ class TunedModel(nn.Module):
             raise KeyError(f"no adapter named {adapter_name!r}")
         if any(adapter_name in layer.merged_adapters for _, layer in self.adapter_layers()):
             raise RuntimeError(f"adapter {adapter_name!r} is merged; unmerge it before deleting")
-        for name, layer in list(self.adapter_layers()):
-            layer.delete_adapter(adapter_name)
-            if not layer.adapter_names:
-                replace_module(self.model, name, layer.base_layer)
-        if adapter_name in self.adapter_modules:
-            del self.adapter_modules[adapter_name]
+        self._discard(adapter_name)
         del self.configs[adapter_name]
         if self.active_adapter == adapter_name:
             self.active_adapter = None
@@ -388,6 +374,14 @@ class TunedModel(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(super().__getattr__("model"), name)
+
+
+# Modules trained whole (classification heads): one deep copy per adapter, through the one insertion routine.
+_MODULES_TO_SAVE = Insertion(
+    wrappers=(ModulesToSave,),
+    wrap=lambda module, name: ModulesToSave(module),
+    add=lambda layer, adapter_name, name: layer.add(adapter_name),
+)
 
 
 class AdapterLoadError(RuntimeError):

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from tuners.config import AdapterConfig, ConfigError, default_field
+from tuners.inject import wraps_conv1d
 from tuners.method import Method
 from tuners.methods.delta_weight import DeltaWeightLayer, inject_delta_layers
 
@@ -112,7 +113,8 @@ class AdaloraConfig(AdapterConfig):
 class AdaloraLayer(DeltaWeightLayer):
     """SVD-form update around a linear-like base: y = W x + b + (s / (r + 1e-5)) · P (Λ ⊙ Q) dropout(x)."""
 
-    adapter_attrs = TRIPLET
+    adapter_params = TRIPLET
+    adapter_extras = (*DeltaWeightLayer.adapter_extras, "ranknum", "lora_dropout", "importance")
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -158,13 +160,6 @@ class AdaloraLayer(DeltaWeightLayer):
         x = self.lora_dropout[name](x.to(lora_A.dtype))
         return result + ((x @ (lora_A * lora_E).T @ lora_B.T) * self.scale(name)).to(result.dtype)
 
-    def delete_adapter(self, adapter_name: str) -> None:
-        super().delete_adapter(adapter_name)
-        for table in (self.ranknum, self.lora_dropout):
-            if adapter_name in table:
-                del table[adapter_name]
-        self.importance.pop(adapter_name, None)
-
     # ---------------------------------------------------------------- rank budget
     def update_importance(self, name: str, beta1: float, beta2: float) -> None:
         """Fold this step's |p · grad| into the EMAs (skipped for factors without a gradient)."""
@@ -208,9 +203,8 @@ def inject(model: nn.Module, config: AdaloraConfig, adapter_name: str) -> None:
             "total_step: required, the number of training steps the rank budget is spread over "
             "(the studio fills it from the run's length)"
         )
-    names = inject_delta_layers(model, config, adapter_name, AdaloraLayer)
-    conv1d = any(type(model.get_submodule(f"{n}.base_layer")).__name__ == "Conv1D" for n in names)
-    config.fan_in_fan_out = config.fan_in_fan_out or conv1d
+    layers = inject_delta_layers(model, config, adapter_name, AdaloraLayer)
+    config.fan_in_fan_out = config.fan_in_fan_out or wraps_conv1d(layers)
     if config.rank_pattern:
         layers = dict(_layers(model, adapter_name))
         for key, mask in config.rank_pattern.items():

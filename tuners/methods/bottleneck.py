@@ -26,10 +26,11 @@ import torch
 from torch import nn
 
 from tuners.config import AdapterConfig, ConfigError, default_field
-from tuners.layers import AdapterLayer, base_weight, replace_module
+from tuners.inject import Insertion, insert_adapter
+from tuners.layers import AdapterLayer, base_weight
 from tuners.method import Method
 from tuners.methods.blocks import blocks, sublayer_outputs
-from tuners.targets import linear_dims, resolve_targets
+from tuners.targets import linear_dims
 
 VARIANTS = ("houlsby", "pfeiffer", "parallel")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -76,7 +77,8 @@ class BottleneckConfig(AdapterConfig):
 
 
 class _BottleneckLayer(AdapterLayer):
-    adapter_attrs = ("adapter_down", "adapter_up")
+    adapter_params = ("adapter_down", "adapter_up")
+    adapter_extras = ("adapter_act", "adapter_dropout", "scaling")
 
     def __init__(self, base_layer: nn.Module, hidden: int, reference: torch.Tensor) -> None:
         super().__init__(base_layer)
@@ -166,31 +168,28 @@ def _parallel_sites(model: nn.Module) -> list[tuple[str, bool]]:
     return sites
 
 
+def _after(module: nn.Module, name: str) -> SequentialBottleneck:
+    """An adapter after a linear-like layer, as wide as the layer's output."""
+    return SequentialBottleneck(module, linear_dims(module)[1], base_weight(module))
+
+
 def inject(model: nn.Module, config: BottleneckConfig, adapter_name: str) -> None:
+    def add(layer: _BottleneckLayer, adapter_name: str, name: str) -> None:
+        layer.add(adapter_name, config)
+
     if config.variant == "parallel":
-        for name, residual_input in _parallel_sites(model):
-            module = model.get_submodule(name)
-            if not isinstance(module, ParallelBottleneck):
-                linears = _linears(module)
-                hidden = linear_dims(linears[-1])[1]
-                module = ParallelBottleneck(module, hidden, base_weight(linears[-1]), residual_input)
-                replace_module(model, name, module)
-            module.add(adapter_name, config)
+        residual_input = dict(_parallel_sites(model))
+
+        def beside(module: nn.Module, name: str) -> ParallelBottleneck:
+            last = _linears(module)[-1]
+            return ParallelBottleneck(module, linear_dims(last)[1], base_weight(last), residual_input[name])
+
+        parallel = Insertion(wrappers=(ParallelBottleneck,), wrap=beside, add=add)
+        insert_adapter(model, config, adapter_name, parallel, names=list(residual_input))
         return
     if config.target_modules is None:
         config.target_modules = sublayer_outputs(model, "both" if config.variant == "houlsby" else "ffn")
-
-    def accept(module: nn.Module) -> bool:
-        return isinstance(module, SequentialBottleneck) or linear_dims(module) is not None
-
-    names, recorded = resolve_targets(model, config.target_modules, config.exclude_modules, accept=accept)
-    config.target_modules = recorded
-    for name in names:
-        module = model.get_submodule(name)
-        if not isinstance(module, SequentialBottleneck):
-            module = SequentialBottleneck(module, linear_dims(module)[1], base_weight(module))
-            replace_module(model, name, module)
-        module.add(adapter_name, config)
+    insert_adapter(model, config, adapter_name, Insertion(wrappers=(SequentialBottleneck,), wrap=_after, add=add))
 
 
 METHOD = Method(

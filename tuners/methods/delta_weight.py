@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuners.config import AdapterConfig, ConfigError, default_field
-from tuners.layers import AdapterLayer, add_to_base_weight, base_weight, replace_module
+from tuners.inject import Insertion, insert_adapter
+from tuners.layers import AdapterLayer, add_to_base_weight, base_weight
 from tuners.methods.lora import _adapter_dtype, _pattern_value
-from tuners.targets import is_fan_in_fan_out, linear_dims, resolve_targets
+from tuners.targets import is_fan_in_fan_out, linear_dims
 
 
 class DeltaWeightLayer(AdapterLayer):
@@ -29,6 +30,8 @@ class DeltaWeightLayer(AdapterLayer):
     update with that probability; ``rank_dropout`` zeroes output rows of ΔW (rescaled by the kept
     fraction when ``rank_dropout_scale``).
     """
+
+    adapter_extras = ("scaling", "module_dropout", "rank_dropout", "rank_dropout_scale")
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -69,11 +72,6 @@ class DeltaWeightLayer(AdapterLayer):
             keep = keep / keep.mean().clamp_min(1e-12)
         return delta * keep.view(-1, 1)
 
-    def delete_adapter(self, adapter_name: str) -> None:
-        super().delete_adapter(adapter_name)
-        for table in (self.scaling, self.module_dropout, self.rank_dropout, self.rank_dropout_scale):
-            table.pop(adapter_name, None)
-
     def merge(self, name: str) -> None:
         if name in self.merged_adapters:
             return
@@ -91,25 +89,18 @@ def inject_delta_layers(
     config: AdapterConfig,
     adapter_name: str,
     layer_cls: type[DeltaWeightLayer],
-) -> list[str]:
-    """Wrap every target of ``config`` in ``layer_cls`` (or reuse the wrapper) and add the adapter.
+) -> dict[str, DeltaWeightLayer]:
+    """Add the adapter to every target of ``config``, in ``layer_cls`` wrappers; returns them by name.
 
     ``layer_cls.add(name, module_name, config)`` builds the factors; the module name lets it apply
-    per-module patterns. Returns the adapted module names.
+    per-module patterns.
     """
-
-    def accepts(module: nn.Module) -> bool:
-        return isinstance(module, layer_cls) or linear_dims(module) is not None
-
-    names, recorded = resolve_targets(model, config.target_modules, config.exclude_modules, accept=accepts)
-    config.target_modules = recorded
-    for name in names:
-        module = model.get_submodule(name)
-        if not isinstance(module, layer_cls):
-            module = layer_cls(module)
-            replace_module(model, name, module)
-        module.add(adapter_name, name, config)
-    return names
+    insertion = Insertion(
+        wrappers=(layer_cls,),
+        wrap=lambda module, name: layer_cls(module),
+        add=lambda layer, adapter_name, name: layer.add(adapter_name, name, config),
+    )
+    return insert_adapter(model, config, adapter_name, insertion)
 
 
 @dataclass

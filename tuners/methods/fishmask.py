@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuners.config import AdapterConfig, ConfigError, default_field
-from tuners.layers import AdapterLayer, add_to_base_weight, base_weight, replace_module
+from tuners.inject import Insertion, insert_adapter
+from tuners.layers import AdapterLayer, add_to_base_weight, base_weight
 from tuners.method import Method
 from tuners.targets import is_fan_in_fan_out, linear_dims, resolve_targets
 
@@ -96,22 +97,16 @@ class FishMaskDiff(nn.Module):
 class FishMaskLinear(AdapterLayer):
     """y = base(x) + D x, with D the sparse diff of the active adapter (held by its FishMaskDiff)."""
 
+    # The diffs are not submodules (the TunedModel owns them, saved under their own keys): nothing to save here.
+    adapter_extras = ("_diffs",)
+
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
         self.in_features, self.out_features = linear_dims(base_layer)
-        self._diffs: dict[str, tuple[FishMaskDiff, str]] = {}  # not submodules: the TunedModel owns them
-
-    @property
-    def adapter_names(self) -> list[str]:
-        return list(self._diffs)
+        self._diffs: dict[str, tuple[FishMaskDiff, str]] = {}
 
     def attach(self, name: str, diff: FishMaskDiff, slot: str) -> None:
         self._diffs[name] = (diff, slot)
-
-    def delete_adapter(self, adapter_name: str) -> None:
-        self._diffs.pop(adapter_name, None)
-        if self.active_adapter == adapter_name:
-            self.active_adapter = None
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
@@ -125,18 +120,13 @@ class FishMaskLinear(AdapterLayer):
 
 
 def inject(model: nn.Module, config: FishMaskConfig, adapter_name: str) -> FishMaskDiff:
-    def accept(module: nn.Module) -> bool:
-        return isinstance(module, FishMaskLinear) or linear_dims(module) is not None
-
-    names, recorded = resolve_targets(model, config.target_modules, config.exclude_modules, accept=accept)
-    config.target_modules = recorded
     diff = FishMaskDiff()
-    for name in names:
-        module = model.get_submodule(name)
-        if not isinstance(module, FishMaskLinear):
-            module = FishMaskLinear(module)
-            replace_module(model, name, module)
-        module.attach(adapter_name, diff, diff.add(name, base_weight(module.base_layer)))
+    insertion = Insertion(
+        wrappers=(FishMaskLinear,),
+        wrap=lambda module, name: FishMaskLinear(module),
+        add=lambda layer, adapter_name, name: layer.attach(adapter_name, diff, diff.add(name, base_weight(layer.base_layer))),
+    )
+    insert_adapter(model, config, adapter_name, insertion)
     return diff
 
 

@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from tuners.config import AdapterConfig, ConfigError, default_field
-from tuners.layers import AdapterLayer, base_weight, replace_module, set_base_weight
+from tuners.inject import Insertion, insert_adapter, wraps_conv1d
+from tuners.layers import AdapterLayer, base_weight, set_base_weight
 from tuners.method import Method
 from tuners.methods.blocks import key_value_projections, sublayer_outputs
-from tuners.targets import is_fan_in_fan_out, linear_dims, matches, resolve_targets
+from tuners.targets import linear_dims, matches
 
 
 @dataclass
@@ -57,7 +58,8 @@ class IA3Config(AdapterConfig):
 class IA3Linear(AdapterLayer):
     """(IA)³ around a linear-like base (``nn.Linear``, ``Conv1D``, a quantized linear)."""
 
-    adapter_attrs = ("ia3_l",)
+    adapter_params = ("ia3_l",)
+    adapter_extras = ("_merged_bias",)
 
     def __init__(self, base_layer: nn.Module, is_feedforward: bool) -> None:
         super().__init__(base_layer)
@@ -121,24 +123,18 @@ def inject(model: nn.Module, config: IA3Config, adapter_name: str) -> None:
         targets, ffn = default_targets(model)
         config.target_modules, config.feedforward_modules = sorted(targets), sorted(ffn)
 
-    def accept(module: nn.Module) -> bool:
-        return isinstance(module, IA3Linear) or linear_dims(module) is not None
+    def is_feedforward(name: str) -> bool:
+        return bool(config.feedforward_modules) and matches(name, config.feedforward_modules)
 
-    names, recorded = resolve_targets(model, config.target_modules, config.exclude_modules, accept=accept)
-    config.target_modules = recorded
-    ff = config.feedforward_modules
-    conv1d = False
-    for name in names:
-        module = model.get_submodule(name)
-        is_ff = bool(ff) and matches(name, ff)
-        if not isinstance(module, IA3Linear):
-            conv1d = conv1d or is_fan_in_fan_out(module)
-            module = IA3Linear(module, is_ff)
-            replace_module(model, name, module)
-        elif module.is_feedforward != is_ff:
+    def add(layer: IA3Linear, adapter_name: str, name: str) -> None:
+        if layer.is_feedforward != is_feedforward(name):
             raise ConfigError(f"feedforward_modules: {name!r} is already adapted with the other IA3 kind")
-        module.add(adapter_name, config.init_ia3_weights)
-    config.fan_in_fan_out = config.fan_in_fan_out or conv1d
+        layer.add(adapter_name, config.init_ia3_weights)
+
+    insertion = Insertion(wrappers=(IA3Linear,), wrap=lambda module, name: IA3Linear(module, is_feedforward(name)),
+                          add=add)
+    layers = insert_adapter(model, config, adapter_name, insertion)
+    config.fan_in_fan_out = config.fan_in_fan_out or wraps_conv1d(layers)
 
 
 METHOD = Method(

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuners.config import AdapterConfig, ConfigError, default_field
-from tuners.layers import AdapterLayer, replace_module
+from tuners.inject import Insertion, insert_adapter
+from tuners.layers import AdapterLayer
 from tuners.method import Method
 
 # Attention module names per architecture (the ones peft supports carry its model types).
@@ -61,7 +62,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class AdaptedAttention(AdapterLayer):
     """An attention module plus gated adaption prompts (one prompt and gate per adapter)."""
 
-    adapter_attrs = ("adaption_prompt", "adaption_gate")
+    adapter_params = ("adaption_prompt", "adaption_gate")
 
     def __init__(self, base_layer: nn.Module, num_heads: int, hidden_size: int) -> None:
         super().__init__(base_layer)
@@ -152,14 +153,18 @@ def inject(model: nn.Module, config: AdaptionPromptConfig, adapter_name: str) ->
     mc = model.config
     hidden_size = getattr(mc, "hidden_size", None) or mc.n_embd
     num_heads = getattr(mc, "num_attention_heads", None) or mc.n_head
-    for name in names[-config.adapter_layers:]:
-        module = model.get_submodule(name)
-        if not isinstance(module, AdaptedAttention):
-            if not (hasattr(module, "c_attn") or all(hasattr(module, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj"))):
-                raise ConfigError(f"target_modules: {name} is not a Llama- or GPT-2-style attention module")
-            module = AdaptedAttention(module, num_heads, hidden_size)
-            replace_module(model, name, module)
-        module.add(adapter_name, config.adapter_len)
+
+    def wrap(module: nn.Module, name: str) -> AdaptedAttention:
+        if not (hasattr(module, "c_attn") or all(hasattr(module, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj"))):
+            raise ConfigError(f"target_modules: {name} is not a Llama- or GPT-2-style attention module")
+        return AdaptedAttention(module, num_heads, hidden_size)
+
+    insertion = Insertion(
+        wrappers=(AdaptedAttention,),
+        wrap=wrap,
+        add=lambda layer, adapter_name, name: layer.add(adapter_name, config.adapter_len),
+    )
+    insert_adapter(model, config, adapter_name, insertion, names=names[-config.adapter_layers:])
 
 
 METHOD = Method(

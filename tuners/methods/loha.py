@@ -40,7 +40,7 @@ class LohaConfig(LycorisConfig):
 class LohaLayer(DeltaWeightLayer):
     """LoHa around a linear-like base (``nn.Linear``, GPT-2 ``Conv1D``, quantized linear)."""
 
-    adapter_attrs = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+    adapter_params = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)

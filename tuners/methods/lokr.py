@@ -76,11 +76,11 @@ def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
 class LokrLayer(DeltaWeightLayer):
     """LoKr around a linear-like base (``nn.Linear``, GPT-2 ``Conv1D``, quantized linear)."""
 
-    adapter_attrs = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
+    adapter_params = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
-        for attr in self.adapter_attrs:
+        for attr in self.adapter_params:
             setattr(self, attr, nn.ParameterDict())
 
     def add(self, name: str, module_name: str, config: LokrConfig) -> None:

@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuners.config import AdapterConfig, ConfigError, default_field
-from tuners.layers import AdapterLayer, add_to_base_weight, base_weight, replace_module
+from tuners.inject import Insertion, insert_adapter, wraps_conv1d
+from tuners.layers import AdapterLayer, add_to_base_weight, base_weight
 from tuners.method import Method
-from tuners.targets import is_fan_in_fan_out, linear_dims, resolve_targets
+from tuners.targets import linear_dims
 
 BIAS_MODES = ("none", "all", "lora_only")
 
@@ -99,7 +100,8 @@ def _pattern_value(pattern: dict, module_name: str, default):
 class LoraLinear(AdapterLayer):
     """LoRA (optionally DoRA) around a linear-like base: ``nn.Linear``, ``Conv1D`` or a quantized linear."""
 
-    adapter_attrs = ("lora_A", "lora_B", "lora_magnitude_vector")
+    adapter_params = ("lora_A", "lora_B", "lora_magnitude_vector")
+    adapter_extras = ("lora_dropout", "scaling", "_dora_merge_scale")
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -184,7 +186,8 @@ class LoraLinear(AdapterLayer):
 class LoraEmbedding(AdapterLayer):
     """LoRA around ``nn.Embedding``: A (r × vocab) is looked up by token id, then projected by B (dim × r)."""
 
-    adapter_attrs = ("lora_embedding_A", "lora_embedding_B")
+    adapter_params = ("lora_embedding_A", "lora_embedding_B")
+    adapter_extras = ("scaling",)
 
     def __init__(self, base_layer: nn.Embedding) -> None:
         super().__init__(base_layer)
@@ -254,14 +257,6 @@ def _init_lora(a: torch.Tensor, b: torch.Tensor, init: bool | str, r: int) -> No
 
 
 # --------------------------------------------------------------------------- injection
-def _accepts(module: nn.Module) -> bool:
-    if isinstance(module, LoraLinear | LoraEmbedding):
-        return True
-    if isinstance(module, AdapterLayer):  # another method's layer: methods are not stacked on one layer
-        return False
-    return isinstance(module, nn.Embedding) or linear_dims(module) is not None
-
-
 def _check_rank(name: str, r: int, module: LoraLinear | LoraEmbedding) -> None:
     """A rank above a layer's smaller side adds parameters but no capacity: almost always a typo."""
     base = module.base_layer
@@ -271,20 +266,26 @@ def _check_rank(name: str, r: int, module: LoraLinear | LoraEmbedding) -> None:
                           f"use a rank of at most {min(dims)}")
 
 
-def inject(model: nn.Module, config: LoraConfig, adapter_name: str) -> None:
-    names, recorded = resolve_targets(model, config.target_modules, config.exclude_modules, accept=_accepts)
-    config.target_modules = recorded
-    conv1d = False
-    for name in names:
-        module = model.get_submodule(name)
-        if not isinstance(module, LoraLinear | LoraEmbedding):
-            conv1d = conv1d or is_fan_in_fan_out(module)
-            module = LoraEmbedding(module) if isinstance(module, nn.Embedding) else LoraLinear(module)
-            replace_module(model, name, module)
+def _insertion(config: LoraConfig) -> Insertion:
+    """``LoraEmbedding`` on embeddings, ``LoraLinear`` on linear-like modules; each layer's rank and alpha
+    come from the config's per-module patterns."""
+
+    def add(layer: LoraLinear | LoraEmbedding, adapter_name: str, name: str) -> None:
         r, alpha = config.rank_and_alpha(name)
-        _check_rank(name, r, module)
-        module.add(adapter_name, r, alpha, config)
-    config.fan_in_fan_out = config.fan_in_fan_out or conv1d
+        _check_rank(name, r, layer)
+        layer.add(adapter_name, r, alpha, config)
+
+    return Insertion(
+        wrappers=(LoraLinear, LoraEmbedding),
+        wrap=lambda module, name: LoraEmbedding(module) if isinstance(module, nn.Embedding) else LoraLinear(module),
+        add=add,
+        accepts=lambda module: isinstance(module, nn.Embedding) or linear_dims(module) is not None,
+    )
+
+
+def inject(model: nn.Module, config: LoraConfig, adapter_name: str) -> None:
+    layers = insert_adapter(model, config, adapter_name, _insertion(config))
+    config.fan_in_fan_out = config.fan_in_fan_out or wraps_conv1d(layers)
 
 
 def base_trainables(model: nn.Module, config: LoraConfig) -> dict[str, nn.Parameter]:

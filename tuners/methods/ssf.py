@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from tuners.config import AdapterConfig, ConfigError, default_field
-from tuners.layers import AdapterLayer, base_weight, replace_module, set_base_weight
+from tuners.inject import Insertion, insert_adapter
+from tuners.layers import AdapterLayer, base_weight, set_base_weight
 from tuners.method import Method
 from tuners.methods.blocks import sublayer_outputs
-from tuners.targets import linear_dims, resolve_targets
+from tuners.targets import linear_dims
 
 PLACEMENTS = ("both", "attention", "ffn")
 
@@ -47,7 +48,7 @@ class SSFConfig(AdapterConfig):
 class SSFLayer(AdapterLayer):
     """Scale and shift of a linear-like layer's output features."""
 
-    adapter_attrs = ("ssf_scale", "ssf_shift")
+    adapter_params = ("ssf_scale", "ssf_shift")
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -104,21 +105,17 @@ class SSFLayer(AdapterLayer):
             self._merged_bias = None
 
 
+_INSERTION = Insertion(
+    wrappers=(SSFLayer,),
+    wrap=lambda module, name: SSFLayer(module),
+    add=lambda layer, adapter_name, name: layer.add(adapter_name),
+)
+
+
 def inject(model: nn.Module, config: SSFConfig, adapter_name: str) -> None:
     if config.target_modules is None:
         config.target_modules = sublayer_outputs(model, config.placement)
-
-    def accept(module: nn.Module) -> bool:
-        return isinstance(module, SSFLayer) or linear_dims(module) is not None
-
-    names, recorded = resolve_targets(model, config.target_modules, config.exclude_modules, accept=accept)
-    config.target_modules = recorded
-    for name in names:
-        module = model.get_submodule(name)
-        if not isinstance(module, SSFLayer):
-            module = SSFLayer(module)
-            replace_module(model, name, module)
-        module.add(adapter_name)
+    insert_adapter(model, config, adapter_name, _INSERTION)
 
 
 METHOD = Method(

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from tuners.config import ConfigError, default_field
-from tuners.layers import base_weight, replace_module
+from tuners.inject import Insertion, insert_adapter
+from tuners.layers import base_weight
 from tuners.method import Method
 from tuners.methods.blocks import sublayer_outputs
 from tuners.methods.bottleneck import ACTIVATIONS, BottleneckConfig, SequentialBottleneck
@@ -39,7 +40,7 @@ from tuners.methods.prefix_tuning import (
     prefix_generate,
 )
 from tuners.methods.prompt_tuning import word_embeddings
-from tuners.targets import linear_dims, resolve_targets
+from tuners.targets import linear_dims
 
 # Query/value projections per architecture family, tried in order.
 QUERY_VALUE_NAMES = (["q_proj", "v_proj"], ["query", "value"], ["c_attn"], ["q", "v"])
@@ -87,7 +88,7 @@ class UniPeltConfig(PrefixTuningConfig):
 class GatedLoraLinear(LoraLinear):
     """LoRA whose update is scaled per token by σ(w·x + c)."""
 
-    adapter_attrs = (*LoraLinear.adapter_attrs, "lora_gate")
+    adapter_params = (*LoraLinear.adapter_params, "lora_gate")
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -115,7 +116,7 @@ class GatedLoraLinear(LoraLinear):
 class GatedBottleneck(SequentialBottleneck):
     """h + σ(w·h + c) · a(h) after a feed-forward output projection."""
 
-    adapter_attrs = (*SequentialBottleneck.adapter_attrs, "adapter_gate")
+    adapter_params = (*SequentialBottleneck.adapter_params, "adapter_gate")
 
     def __init__(self, base_layer: nn.Module, hidden: int, reference: torch.Tensor) -> None:
         super().__init__(base_layer, hidden, reference)
@@ -175,25 +176,19 @@ def _default_lora_targets(model: nn.Module) -> list[str]:
 def inject(model: nn.Module, config: UniPeltConfig, adapter_name: str) -> GatedPrefixEncoder:
     if config.target_modules is None:
         config.target_modules = _default_lora_targets(model)
-    lora_config = config.lora_config()
-    names, recorded = resolve_targets(
-        model, config.target_modules, config.exclude_modules,
-        accept=lambda m: isinstance(m, GatedLoraLinear) or linear_dims(m) is not None,
+    lora_config, adapter_config = config.lora_config(), config.adapter_config()
+    lora = Insertion(
+        wrappers=(GatedLoraLinear,),
+        wrap=lambda module, name: GatedLoraLinear(module),
+        add=lambda layer, adapter_name, name: layer.add(adapter_name, config.r, float(config.lora_alpha), lora_config),
     )
-    config.target_modules = recorded
-    for name in names:
-        module = model.get_submodule(name)
-        if not isinstance(module, GatedLoraLinear):
-            module = GatedLoraLinear(module)
-            replace_module(model, name, module)
-        module.add(adapter_name, config.r, float(config.lora_alpha), lora_config)
-    adapter_config = config.adapter_config()
-    for name in sublayer_outputs(model, "ffn"):
-        module = model.get_submodule(name)
-        if not isinstance(module, GatedBottleneck):
-            module = GatedBottleneck(module, linear_dims(module)[1], base_weight(module))
-            replace_module(model, name, module)
-        module.add(adapter_name, adapter_config)
+    insert_adapter(model, config, adapter_name, lora)
+    adapter = Insertion(
+        wrappers=(GatedBottleneck,),
+        wrap=lambda module, name: GatedBottleneck(module, linear_dims(module)[1], base_weight(module)),
+        add=lambda layer, adapter_name, name: layer.add(adapter_name, adapter_config),
+    )
+    insert_adapter(model, config, adapter_name, adapter, names=sublayer_outputs(model, "ffn"))
     fill_prefix_dims(model, config)
     return GatedPrefixEncoder(config).to(word_embeddings(model).weight.device)
 
