@@ -48,6 +48,12 @@ class Settings:
         return self.artifacts_dir / "datasets"
 
     @property
+    def data_cache_dir(self) -> Path:
+        """Prepared (tokenized) data, kept by fingerprint so a second run on the same data and
+        settings starts without tokenizing (app.data.cache); safe to delete while no run is preparing."""
+        return self.artifacts_dir / "data-cache"
+
+    @property
     def runs_dir(self) -> Path:
         return self.artifacts_dir / "runs"
 

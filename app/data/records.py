@@ -33,8 +33,8 @@ def record_key(record: dict) -> str:
     return json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
 
 
-def key_digest(record: dict) -> bytes:
-    return hashlib.blake2b(record_key(record).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+def _digest(key: str) -> bytes:
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def role_features(shape: str) -> Features:
@@ -89,7 +89,9 @@ def check_records(table, shape: str, mapping: dict[str, str], path: Path | None,
         for record, line in zip(iter_records(table, shape, mapping), _lines(table)):
             if classes is not None:
                 classes.add(str(record["label"]))
-            writer.add(*(str(record[r]) if r == "label" else record[r] for r in roles), line, key_digest(record))
+            key = record_key(record)
+            writer.add(*(str(record[r]) if r == "label" else record[r] for r in roles), line, _digest(key),
+                       size=len(key))
         if need_classes and classes is not None:
             check_classes(classes, table.source, mapping)
     except BaseException:

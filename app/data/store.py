@@ -28,14 +28,18 @@ from datasets import Dataset, Features, Json, Value
 from app.data.readers import RowStream
 
 BATCH_ROWS = 8192
+BATCH_BYTES = 8 << 20  # a batch is written once its rows hold about this much text
 ROW_FEATURES = Features({"line": Value("int64"), "row": Json()})
 
 
 class BatchWriter:
-    """Rows in, an Arrow dataset out; at most ``batch_rows`` rows are held in Python at a time."""
+    """Rows in, an Arrow dataset out; at most ``batch_rows`` rows (or about ``batch_bytes`` of their
+    text, as the caller sizes them) are held in Python at a time."""
 
-    def __init__(self, path: Path | None, features: Features, batch_rows: int = BATCH_ROWS) -> None:
-        self.path, self.features, self.batch_rows = path, features, batch_rows
+    def __init__(self, path: Path | None, features: Features, batch_rows: int = BATCH_ROWS,
+                 batch_bytes: int = BATCH_BYTES) -> None:
+        self.path, self.features, self.batch_rows, self.batch_bytes = path, features, batch_rows, batch_bytes
+        self.held = 0
         self.schema = features.arrow_schema
         self.names = list(features)
         self.columns: list[list[Any]] = [[] for _ in self.names]
@@ -43,12 +47,13 @@ class BatchWriter:
         self._sink = pa.OSFile(str(path), "wb") if path is not None else pa.BufferOutputStream()
         self._writer = pa.ipc.new_stream(self._sink, self.schema)
 
-    def add(self, *values: Any) -> None:
-        """One row, its values in the order of ``features``."""
+    def add(self, *values: Any, size: int = 0) -> None:
+        """One row, its values in the order of ``features``; ``size`` is about how many bytes it holds."""
         for column, value in zip(self.columns, values):
             column.append(value)
         self.count += 1
-        if len(self.columns[0]) >= self.batch_rows:
+        self.held += size
+        if len(self.columns[0]) >= self.batch_rows or self.held >= self.batch_bytes:
             self.flush()
 
     def flush(self) -> None:
@@ -57,6 +62,7 @@ class BatchWriter:
         arrays = [_array(values, field.type) for values, field in zip(self.columns, self.schema)]
         self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
         self.columns = [[] for _ in self.names]
+        self.held = 0
 
     def finish(self) -> Dataset:
         """Write what is left and open the result (memory-mapped when it is a file)."""
@@ -154,17 +160,19 @@ class _StoredRows(Sequence[dict]):
             yield from map(json.loads, batch.column(0).to_pylist())
 
 
-def write_rows(stream: RowStream, path: Path | None, *, max_rows: int | None = None) -> StoredTable:
+def write_rows(stream: RowStream, path: Path | None, *, max_rows: int | None = None,
+               batch_bytes: int = BATCH_BYTES) -> StoredTable:
     """Write the stream's rows to ``path`` as they are read (or into memory when ``path`` is None).
 
     The whole file is read and checked; only the first ``max_rows`` rows are kept when that is set
     (a run's ``data.max_rows``). A problem anywhere in the file raises DataError and leaves no file.
     """
-    writer = BatchWriter(path, ROW_FEATURES)
+    writer = BatchWriter(path, ROW_FEATURES, batch_bytes=batch_bytes)
     try:
         for line, row in stream:
             if max_rows is None or writer.count < max_rows:
-                writer.add(line, json.dumps(row))
+                text = json.dumps(row)
+                writer.add(line, text, size=len(text))
     except BaseException:
         writer.abort()
         raise
