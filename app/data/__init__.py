@@ -1,5 +1,6 @@
 """Data in: read uploads, detect their shape, check them, and turn them into token examples.
 
+    checked = check_data_file(path, Limits(), name="upload.csv")  # the whole check datasets add and the upload make
     table = read_table(path, name="upload.csv")
     found = detect_shape(table)                       # shape, mapping (role -> column), confidence
     validate_mapping(table, found.shape, found.mapping)
@@ -11,6 +12,7 @@ Every problem with the user's data is a ``DataError`` with a stable ``code`` and
 
 from app.data.bundled import bundled_datasets
 from app.data.chat import DEFAULT_CHAT_TEMPLATE, chat_template_for, render_chat
+from app.data.check import CheckedData, check_data_file, check_table
 from app.data.errors import CODES, DataError
 from app.data.histogram import length_histogram_png
 from app.data.limits import Limits
@@ -18,11 +20,12 @@ from app.data.prepare import IGNORE, Prepared, PrepareOptions, pack, prepare
 from app.data.preview import preview_stats
 from app.data.readers import FORMATS, Table, read_table
 from app.data.shapes import ROLES, Detection, detect_shape, normalise_rows, validate_mapping
-from app.data.storage import safe_name, store_upload
+from app.data.storage import file_sha256, safe_name, store_upload
 
 __all__ = [
     "CODES",
     "DEFAULT_CHAT_TEMPLATE",
+    "CheckedData",
     "FORMATS",
     "IGNORE",
     "ROLES",
@@ -34,7 +37,10 @@ __all__ = [
     "Table",
     "bundled_datasets",
     "chat_template_for",
+    "check_data_file",
+    "check_table",
     "detect_shape",
+    "file_sha256",
     "length_histogram_png",
     "normalise_rows",
     "pack",

@@ -47,9 +47,11 @@ def roles_for(shape: str) -> list[str]:
     return list(ROLES.get(shape, {}))
 
 
-def register_upload(ctx: Context, path: str | Path, original_name: str | None = None) -> datasets.DatasetView:
-    """Store and register an uploaded file (raises DataError / UploadTooLarge with a clear message)."""
-    return datasets.add_dataset(ctx, path, name=original_name)
+def register_upload(ctx: Context, path: str | Path, original_name: str | None = None, shape: str | None = None,
+                    mapping: dict[str, str] | None = None) -> datasets.DatasetView:
+    """Check, store and register an uploaded file exactly as ``tunestudio datasets add`` does (the same
+    ``add_dataset``): a refused file raises its DataError, and nothing is kept."""
+    return datasets.add_dataset(ctx, path, name=original_name, shape=shape, mapping=mapping)
 
 
 DEMO_DESCRIPTIONS = {
@@ -93,16 +95,15 @@ def preview(
     tokenizer: Any = None, max_length: int = 512,
 ) -> DataPreview:
     """Detect (or apply the user's) shape and mapping, and compute the preview statistics."""
-    from app.data import DataError, detect_shape, validate_mapping
+    from app.data import DataError, detect_shape
+    from app.data.check import check_table, chosen_layout
 
     table, name = _table_for(ctx, ref)
     detection = detect_shape(table)
-    detected_shape = str(getattr(detection.shape, "value", detection.shape))
-    chosen_shape = shape or detected_shape
-    chosen_mapping = dict(mapping) if mapping else (dict(detection.mapping) if chosen_shape == detected_shape else {})
+    chosen_shape, chosen_mapping = chosen_layout(detection, shape, mapping)
     problem = None
-    try:
-        validate_mapping(table, chosen_shape, chosen_mapping)
+    try:  # the check `datasets add` and the upload make, on the layout shown
+        check_table(table, chosen_shape, chosen_mapping)
     except DataError as exc:
         problem = str(exc)
     out = DataPreview(

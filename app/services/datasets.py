@@ -1,16 +1,12 @@
 """Datasets: uploads are checked, copied into the artifacts store (content-addressed) and registered.
 
-Parsing is the data package's job (``app.data``); this module only decides where a file lives
-and what the registry remembers about it (sha256, format, rows, columns, detected shape).
+Checking and storing are the data package's job (``app.data.check``, ``app.data.storage``); this
+module decides what the registry remembers about a file (sha256, format, rows, columns, shape).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,10 +29,6 @@ class DatasetInUse(UserError, RuntimeError):
     """A queued or running run still reads the dataset: deleting it would fail that run."""
 
 
-class UploadTooLarge(UserError, ValueError):
-    pass
-
-
 @dataclass(frozen=True)
 class DatasetView:
     id: int
@@ -51,38 +43,33 @@ class DatasetView:
     created_at: datetime
 
 
-def add_dataset(ctx: Context, path: str | Path, name: str | None = None) -> DatasetView:
-    """Parse ``path`` (a clear DataError if it is bad), store a copy and register it.
+def add_dataset(ctx: Context, path: str | Path, name: str | None = None, shape: str | None = None,
+                mapping: dict[str, str] | None = None) -> DatasetView:
+    """Check ``path`` whole (:func:`app.data.check.check_data_file`), store a copy and register it.
 
-    The same bytes uploaded twice give the same stored file and the existing row.
+    A refused file raises its DataError before anything is written: no row, no stored file. ``shape``
+    and ``mapping`` override detection (the CLI's ``--shape``/``--map``). The same bytes added twice
+    give the existing row.
     """
-    from app.data import Limits, detect_shape, read_table
+    from app.data import Limits, check_data_file, file_sha256, store_upload
 
     source = Path(path)
+    display = name or source.name
     if not source.is_file():
         raise FileNotFoundError(f"{source}: no such file")
-    size = source.stat().st_size
-    if size > ctx.settings.max_upload_bytes:
-        raise UploadTooLarge(
-            f"{source.name}: {size:,} bytes is over the upload limit of {ctx.settings.max_upload_bytes:,} bytes"
-        )
-    digest = _sha256(source)
+    limit = ctx.settings.max_upload_bytes
+    checked = check_data_file(source, Limits(max_bytes=limit), shape, mapping, name=display)
+    digest = file_sha256(source)
     with ctx.session() as s:
         existing = s.scalar(select(Dataset).where(Dataset.sha256 == digest).order_by(Dataset.id))
         if existing is not None and Path(existing.path).is_file():
             return _view(existing)
-    table = read_table(source, limits=Limits(max_bytes=ctx.settings.max_upload_bytes))
-    try:
-        shape = detect_shape(table).shape
-        shape = getattr(shape, "value", shape)
-    except Exception:
-        shape = None
-    stored = _store(ctx, source, digest)
+    stored = store_upload(source, ctx.settings.uploads_dir, sha256=digest, name=display, max_bytes=limit)
+    table = checked.table
     with ctx.session() as s:
         row = Dataset(
-            id=issue_id(s, Dataset), name=name or source.name, path=str(stored), sha256=digest, format=str(table.fmt),
-            rows=len(table.rows), columns=list(table.columns), bytes=size,
-            shape=str(shape) if shape is not None else None,
+            id=issue_id(s, Dataset), name=display, path=str(stored), sha256=digest, format=str(table.fmt),
+            rows=len(table.rows), columns=list(table.columns), bytes=stored.stat().st_size, shape=checked.shape,
         )
         s.add(row)
         s.commit()
@@ -127,32 +114,6 @@ def delete_dataset(ctx: Context, dataset_id: int) -> None:
         still_used = s.scalar(select(Dataset.id).where(Dataset.sha256 == digest)) is not None
     if not still_used and path.parent.parent == ctx.settings.uploads_dir:
         shutil.rmtree(path.parent, ignore_errors=True)
-
-
-def _store(ctx: Context, source: Path, digest: str) -> Path:
-    folder = ctx.settings.uploads_dir / digest[:16]
-    safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.name).lstrip(".") or "data"
-    target = folder / safe_name
-    if target.is_file():
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".upload.", dir=folder)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _view(d: Dataset) -> DatasetView:

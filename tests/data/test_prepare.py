@@ -185,19 +185,3 @@ def test_template_whose_prefixes_do_not_line_up_still_masks_the_answer(tmp_path)
     ex = prepare(table, "chat", {"messages": "messages"}, tok, PrepareOptions(val_fraction=0)).train[0]
     assert tok.decode(ex["input_ids"]) == "<system>Be kind.</system><user>hi</user><assistant>hello</assistant>"
     assert tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != IGNORE]) == "hello"
-
-
-def test_store_upload_keeps_good_files_and_nothing_of_bad_ones(tmp_path):
-    from app.data import store_upload
-
-    good = tmp_path / "in" / "tmp123"
-    good.parent.mkdir()
-    good.write_text("text,label\na,1\nb,2\n")
-    stored, table = store_upload(good, tmp_path / "store", name="../../My Reviews.csv")
-    assert stored == tmp_path / "store" / "My_Reviews.csv"
-    assert stored.read_text() == good.read_text() and len(table.rows) == 2
-    bad = tmp_path / "in" / "bad"
-    bad.write_text("text,label\n")
-    with pytest.raises(DataError):
-        store_upload(bad, tmp_path / "store", name="bad.csv")
-    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["My_Reviews.csv"]
