@@ -88,7 +88,8 @@ def execute_run(run_id: int, settings: Settings, registry: Registry) -> str:
 
                 result = train(
                     spec, settings.run_dir(run_id), reporter, settings.models_dir,
-                    resolver=lambda ref: resolve_dataset_file(ref, registered, settings.bundled_dir),
+                    resolver=lambda ref: resolve_dataset_file(ref, registered, settings.bundled_dir,
+                                                              hub_dir=settings.hub_data_dir),
                 )
                 with registry.session() as s:
                     finish_run(s, run_id, "succeeded")

@@ -67,6 +67,11 @@ class Settings:
         return self.artifacts_dir / "bundled"
 
     @property
+    def hub_data_dir(self) -> Path:
+        """Where a split of a cached 🤗 dataset (``org/name[:split]``) is written as Parquet for runs."""
+        return self.artifacts_dir / "hub-datasets"
+
+    @property
     def auth(self) -> tuple[str, str] | None:
         if self.auth_user and self.auth_password:
             return (self.auth_user, self.auth_password)

@@ -166,7 +166,8 @@ class RunSpec:
     def _validate_data(self) -> None:
         d = self.data
         if not isinstance(d.dataset, str | int) or not str(d.dataset).strip():
-            raise SpecError("data.dataset", "must be a registered dataset id, a bundled dataset or a file path")
+            raise SpecError("data.dataset", "must be a registered dataset id, a bundled dataset, a file path or "
+                                            "a 🤗 dataset id in the local cache (org/name[:split])")
         if d.shape not in SPEC_SHAPES:
             raise SpecError("data.shape", f"{d.shape!r} is not one of {', '.join(SPEC_SHAPES)}")
         if not isinstance(d.mapping, dict) or not all(

@@ -126,6 +126,12 @@ def read_table(
     return Table(stream.columns, rows, stream.source, stream.fmt, stream.encoding, lines)
 
 
+def is_data_file_name(name: str) -> bool:
+    """Whether ``name`` ends in an extension the readers know (``reviews/train.csv`` is a file, never a 🤗 id)."""
+    suffix = PurePosixPath(name.replace("\\", "/")).suffix.lower()
+    return suffix in _EXTENSIONS or suffix in _SPREADSHEETS
+
+
 def _check_size(size: int, limits: Limits, name: str) -> None:
     if size > limits.max_bytes:
         raise DataError(

@@ -19,7 +19,7 @@ from app.core.errors import UserError
 from app.core.refs import bundled_name_of, dataset_id_of
 from app.core.settings import Settings
 from app.core.spec import RunSpec, SpecError
-from app.data.sources import check_bundled_name
+from app.data.sources import check_bundled_name, check_hub_dataset, hub_reference
 from app.registry.ids import issue_id
 from app.registry.lifecycle import (
     RESUMABLE_STATUSES,
@@ -134,9 +134,10 @@ def _send(ctx: Context, run_id: int) -> None:
 def checked_data_path(settings: Settings, ref: str | int, field: str, base_dir: Path | None = None) -> str | int:
     """A data file named in a spec, made absolute and confined to ``settings.data_roots``.
 
-    Registered (``dataset:N``) and bundled (``bundled:name``) references pass unchanged, a bundled
-    name only when it names a bundled demo. Symlinks are resolved first, so a link inside a root
-    cannot lead outside it.
+    Registered (``dataset:N``), bundled (``bundled:name``) and cached 🤗 (``org/name[:split]``)
+    references pass unchanged, a bundled name only when it names a bundled demo and a 🤗 id only when
+    the local datasets cache holds it (never downloaded). Symlinks are resolved first, so a link inside
+    a root cannot lead outside it.
     """
     if dataset_id_of(ref) is not None:
         return ref
@@ -144,6 +145,10 @@ def checked_data_path(settings: Settings, ref: str | int, field: str, base_dir: 
     if bundled is not None:
         check_bundled_name(bundled, field)
         return ref
+    hub = hub_reference(ref, base_dir)
+    if hub is not None:
+        check_hub_dataset(hub, field)
+        return str(hub)
     raw = Path(str(ref)).expanduser()
     path = (raw if raw.is_absolute() else (base_dir or Path.cwd()) / raw).resolve()
     if not any(path.is_relative_to(root) for root in settings.data_roots):
