@@ -31,29 +31,19 @@ from app.data.chat import chat_template_files
 from app.data.pipeline import prepare_for_run
 from app.data.prepare import IGNORE
 from app.data.sources import DatasetResolver, resolve_dataset_file
-from worker.best_adapter import BEST, best_dir, clear_best, replace_best
-from worker.checkpoints import CHECKPOINTS, STATE_FILE, checkpoint_dir, is_complete, prune_checkpoints
-from worker.precision import store_frozen_in, train_in_bf16
 
 if TYPE_CHECKING:
     from tuners.model import TunedModel
 
 # Batches a data-driven method (FishMask) sees before training to choose what it trains.
 CALIBRATION_BATCHES = 8
+# Inside a checkpoint folder, beside the adapter files: everything else needed to continue the run.
+STATE_FILE = "training_state.pt"
 STATE_VERSION = 1
 
 
 class Cancelled(Exception):
     """The run was asked to stop; the metric history stays."""
-
-
-class Preempted(Exception):
-    """The worker is stopping (SIGTERM): the run stopped between steps after writing ``checkpoint`` (None
-    before its first step, when there is nothing to keep) and is to be given back to the queue."""
-
-    def __init__(self, step: int, checkpoint: Path | None) -> None:
-        self.step, self.checkpoint = step, checkpoint
-        super().__init__(f"worker stopping at step {step}" + (f"; checkpoint {checkpoint}" if checkpoint else ""))
 
 
 @dataclass(frozen=True)
@@ -74,7 +64,6 @@ class Reporter(Protocol):
     def progress(self, step: int, total_steps: int) -> None: ...
     def artifact(self, kind: str, path: Path, step: int | None) -> None: ...
     def should_stop(self) -> bool: ...
-    def preempted(self) -> bool: ...
 
 
 @dataclass
@@ -85,7 +74,6 @@ class MemoryReporter:
     lines: list[str] = field(default_factory=list)
     artifacts: list[tuple[str, Path, int | None]] = field(default_factory=list)
     stop_after_step: int | None = None
-    preempt_after_step: int | None = None
     step: int = 0
 
     def metric(self, point: Point) -> None:
@@ -103,9 +91,6 @@ class MemoryReporter:
     def should_stop(self) -> bool:
         return self.stop_after_step is not None and self.step >= self.stop_after_step
 
-    def preempted(self) -> bool:
-        return self.preempt_after_step is not None and self.step >= self.preempt_after_step
-
 
 @dataclass
 class TrainResult:
@@ -115,11 +100,10 @@ class TrainResult:
     first_eval_loss: float | None  # at step 0, on the eval sample (training.eval_samples)
     last_eval_loss: float | None  # after the last step, on the whole validation split
     last_sample_eval_loss: float | None = None  # after the last step, on the step-0 sample (compare with first)
-    best_step: int | None = None  # the best eval on training.best_metric (the sample figure every eval shares)
+    best_step: int | None = None  # the eval with the lowest sample loss (the figure every eval shares)
     best_sample_eval_loss: float | None = None
     stopped_early: str | None = None  # why a callback stopped the loop before its last step
     eval_metrics: dict[str, float] = field(default_factory=dict)  # the last eval's, on the whole split
-    best_adapter_dir: Path | None = None  # the best eval's adapter (adapter_dir when that is the last step's)
 
 
 # ---------------------------------------------------------------------------------------------- batches and loss
@@ -238,23 +222,6 @@ class EvalResult:
     sample_loss: float
     examples: int
     metrics: dict[str, float] = field(default_factory=dict)
-    sample_metrics: dict[str, float] = field(default_factory=dict)
-
-    def sample_figure(self, metric: str) -> float:
-        """``metric`` ("loss" or a metric's name) on the fixed sample every eval shares: what evals are ranked by."""
-        if metric == "loss":
-            return self.sample_loss
-        return self.sample_metrics[metric] if metric in self.sample_metrics else self.metrics[metric]
-
-
-# Figures that rise as a run gets better (the loss falls); training.best_metric names one of them or the loss.
-RISING_METRICS = frozenset({"accuracy"})
-
-
-def improves(result: EvalResult, best: EvalResult, metric: str = "loss", min_delta: float = 0.0) -> bool:
-    """Whether ``result`` beats ``best`` on ``metric`` by more than ``min_delta`` (on the shared sample)."""
-    new, old = result.sample_figure(metric), best.sample_figure(metric)
-    return new > old + min_delta if metric in RISING_METRICS else new < old - min_delta
 
 
 # After each eval the loop asks its callbacks; a returned reason stops it (the run then ends as usual:
@@ -264,20 +231,18 @@ EvalCallback = Callable[[EvalResult, "TrainState"], str | None]
 
 @dataclass(frozen=True)
 class EarlyStopping:
-    """Stop when ``patience`` evals in a row have not bettered the best so far on ``metric`` (the sample eval
-    loss, or accuracy) by more than ``min_delta``. Reads only the state's eval history, so a resumed run
-    decides the same."""
+    """Stop when ``patience`` evals in a row have not lowered the sample eval loss by more than ``min_delta``
+    below the best so far. Reads only the state's eval history, so a resumed run decides the same."""
 
     patience: int
     min_delta: float = 0.0
-    metric: str = "loss"
 
     def __call__(self, result: EvalResult, state: TrainState) -> str | None:
-        best = state.best(self.min_delta, self.metric)
+        best = state.best(self.min_delta)
         since = sum(1 for e in state.evals if e.step > best.step) if best is not None else 0
         if since >= self.patience:
-            return (f"no eval improved on step {best.step}'s {self.metric} {best.sample_figure(self.metric):.4f} "
-                    f"by more than {self.min_delta:g} in {since} evals (early stopping, patience {self.patience})")
+            return (f"no eval improved on step {best.step}'s loss {best.sample_loss:.4f} by more than "
+                    f"{self.min_delta:g} in {since} evals (early stopping, patience {self.patience})")
         return None
 
 
@@ -323,6 +288,13 @@ def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
+
+
+def use_bf16(setting: bool | str, device: torch.device) -> bool:
+    supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if setting is True and not supported:
+        raise SpecError("training.bf16", "bf16 autocast needs a CUDA device that supports bfloat16")
+    return supported and setting in (True, "auto")
 
 
 # ---------------------------------------------------------------------------------------------- state
@@ -373,12 +345,11 @@ class TrainState:
     step: int = 0
     evals: list[EvalResult] = field(default_factory=list)
 
-    def best(self, min_delta: float = 0.0, metric: str = "loss") -> EvalResult | None:
-        """The best eval on ``metric`` (the lowest sample loss by default); a later one counts only when it
-        betters the best before it by more than ``min_delta`` (:func:`improves`)."""
+    def best(self, min_delta: float = 0.0) -> EvalResult | None:
+        """The eval with the lowest sample loss; a later one counts only when lower by more than ``min_delta``."""
         best: EvalResult | None = None
         for e in self.evals:
-            if best is None or improves(e, best, metric, min_delta):
+            if best is None or e.sample_loss < best.sample_loss - min_delta:
                 best = e
         return best
 
@@ -440,10 +411,6 @@ class TrainingRecipe:
         self.spec, self.out_dir, self.reporter, self.models_dir = spec, Path(out_dir), reporter, models_dir
         self.resolver = resolver or resolve_dataset_file
         self.callbacks = list(callbacks)
-        es = spec.training
-        if es.early_stopping_patience:  # the spec's own early stopping, beside any callbacks given
-            self.callbacks.append(EarlyStopping(es.early_stopping_patience, es.early_stopping_min_delta,
-                                                es.best_metric))
         self.extra_metrics = list(metrics)
         self.training = spec.training
         self.stopped_early: str | None = None
@@ -452,7 +419,7 @@ class TrainingRecipe:
     def setup(self) -> None:
         """Everything before the first step; every check that can fail on the spec fails here."""
         self.device = pick_device(self.training.device)
-        self.bf16 = train_in_bf16(self.training.bf16, self.device)
+        self.bf16 = use_bf16(self.training.bf16, self.device)
         seed_everything(self.training.seed)
         self._setup_tokenizer()
         self._setup_data()
@@ -509,22 +476,19 @@ class TrainingRecipe:
                                         compute_dtype=torch.bfloat16 if self.bf16 else torch.float32)
             model = quantized if quantized is not None else model
         tuned = tuners.apply(model, config)
+        tuned.to(self.device)
         self.tuned = tuned
         if tuned.method.calibrate is not None:
-            tuned.to(self.device)
             size, n = self.training.batch_size, len(self.train_data)
             calibration = [self._batch(range(i, min(i + size, n)), self.train_data)
                            for i in range(0, min(n, CALIBRATION_BATCHES * size), size)]
             self.reporter.log(f"method: calibrating {tuned.method.name} on {len(calibration)} training batches")
             tuned.method.calibrate(tuned, calibration)
-        if self.bf16:  # after calibration, which runs in fp32 outside autocast
-            store_frozen_in(tuned, torch.bfloat16)
-        tuned.to(self.device)
         trainable, total = tuned.trainable_parameters()
         self.reporter.log(
             f"method: {tuned.method.name}; trainable parameters {trainable:,} of {total:,} "
             f"({100 * trainable / max(total, 1):.3f}%) on {self.device.type}"
-            f"{' in bf16 (autocast; frozen base stored in bf16, trained tensors in fp32)' if self.bf16 else ''}")
+            f"{' with bf16 autocast' if self.bf16 else ''}")
         self.params = [p for p in tuned.parameters() if p.requires_grad]
         if not self.params:
             raise SpecError("method", "the adapter has no trainable parameters for this model")
@@ -540,10 +504,6 @@ class TrainingRecipe:
 
     def _setup_eval(self) -> None:
         self.metrics = [*default_metrics(self.task), *self.extra_metrics]
-        best_metric = self.spec.training.best_metric
-        if best_metric != "loss" and best_metric not in {m.name for m in self.metrics}:
-            raise SpecError("training.best_metric", f"{best_metric} is not measured for this run's task "
-                                                    f"({self.task}): use loss")
         self.plan = eval_plan(len(self.eval_data), self.training.eval_samples, self.training.seed)
         if self.plan.sample is not None:
             n = len(self.eval_data)
@@ -553,20 +513,16 @@ class TrainingRecipe:
     # ------------------------------------------------------------------------------------------ the loop
     def train(self) -> None:
         """Optimizer steps until the last (or until a callback stops the loop); raises :class:`Cancelled`
-        when the reporter asks to stop between steps, :class:`Preempted` (after a checkpoint) when the
-        worker is stopping. Continues from ``state.step`` after a resume."""
+        when the reporter asks to stop between steps. Continues from ``state.step`` after a resume."""
         t, state = self.training, self.state
         log_lines_every = step_log_interval(self.total_steps, t.log_every)
         self.tuned.train()
         if state.step == 0 and not state.evals:
             self.evaluate()
         window_tokens, window_start = 0, time.perf_counter()
-        self.last_checkpoint_at = time.monotonic()
         while state.step < self.total_steps:
             if self.reporter.should_stop():
                 raise Cancelled(f"cancelled at step {state.step}")
-            if self.reporter.preempted():
-                raise Preempted(state.step, self.checkpoint() if state.step else None)
             micro_batches = [self._batch(state.data.take(t.batch_size), self.train_data) for _ in range(t.grad_accum)]
             window_tokens += sum(int(b["attention_mask"].sum()) for b in micro_batches)
             loss = self.forward_backward(micro_batches, step=state.step + 1)
@@ -592,30 +548,10 @@ class TrainingRecipe:
                 if self.stopped_early:
                     self.reporter.log(f"stopping at step {step}: {self.stopped_early}")
                     break
-            if step != self.total_steps and self._checkpoint_due(step):
-                self.checkpoint()
-
-    def _checkpoint_due(self, step: int) -> bool:
-        """Every ``checkpoint_every`` steps, and once ``checkpoint_minutes`` of training passed since the
-        last checkpoint (or this attempt's start), so a lost worker costs at most that much work."""
-        t = self.training
-        by_steps = bool(t.checkpoint_every) and step % t.checkpoint_every == 0
-        by_time = bool(t.checkpoint_minutes) and time.monotonic() - self.last_checkpoint_at >= 60 * t.checkpoint_minutes
-        return by_steps or by_time
-
-    def checkpoint(self) -> Path:
-        """A resumable checkpoint of the current step in ``checkpoints/step-N``, registered and logged; then
-        only the newest ``keep_checkpoints`` are kept (:func:`worker.checkpoints.prune_checkpoints`). A step
-        already checkpointed (a run resumed from it and stopped again before its next step) is reused."""
-        step = self.state.step
-        path = checkpoint_dir(self.out_dir, step)
-        if not is_complete(path):
-            self.save_checkpoint(path)
-            self.reporter.artifact("checkpoint", path, step)
-            self.reporter.log(f"checkpoint saved at step {step}")
-        self.last_checkpoint_at = time.monotonic()
-        prune_checkpoints(self.out_dir / CHECKPOINTS, self.training.keep_checkpoints)
-        return path
+            if t.checkpoint_every and step % t.checkpoint_every == 0 and step != self.total_steps:
+                path = self.save_checkpoint(self.out_dir / "checkpoints" / f"step-{step}")
+                self.reporter.artifact("checkpoint", path, step)
+                self.reporter.log(f"checkpoint saved at step {step}")
 
     def forward_backward(self, micro_batches: list[dict[str, torch.Tensor]], step: int | None = None) -> float:
         """Forward and backward over one optimizer step's micro-batches; returns the step's loss.
@@ -677,12 +613,12 @@ class TrainingRecipe:
         self.tuned.eval()
         with torch.no_grad(), self._autocast():
             sums = self._eval_pass(sample)
-            sample_loss, sample_metrics = sums.loss(), sums.metric_values()
+            sample_loss = sums.loss()
             if final and self.plan.sample is not None:
                 sums = sums.plus(self._eval_pass(self.plan.rest))
         self.tuned.train()
         step = self.state.step
-        result = EvalResult(step, sums.loss(), sample_loss, sums.examples, sums.metric_values(), sample_metrics)
+        result = EvalResult(step, sums.loss(), sample_loss, sums.examples, sums.metric_values())
         accuracy = result.metrics.get("accuracy")
         self.reporter.metric(Point(step, self.epoch, "eval", result.loss, accuracy=accuracy))
         scope = f"all {result.examples:,}" if result.examples == n else f"{result.examples} of {n:,}"
@@ -692,8 +628,6 @@ class TrainingRecipe:
                           + (f" (the {len(sample)}-example sample: {sample_loss:.4f})"
                              if result.examples != len(sample) else ""))
         self.state.evals.append(result)
-        if not final and self.state.best(metric=self.spec.training.best_metric) is result:
-            self._keep_best(result)
         for callback in self.callbacks:
             reason = callback(result, self.state)
             if reason and not final:
@@ -725,41 +659,6 @@ class TrainingRecipe:
         self.reporter.artifact("adapter", adapter_dir, self.state.step)
         self.reporter.log(f"adapter saved ({self.state.step} steps)")
         return adapter_dir
-
-    def _keep_best(self, result: EvalResult) -> None:
-        """The adapter as it is at the best eval so far, in ``best/step-N`` (replacing the one before, see
-        :mod:`worker.best_adapter`), registered as the ``best_adapter`` artifact of that step."""
-        path = replace_best(self.out_dir, result.step,
-                            lambda folder: self.tuned.save_pretrained(folder, extra_files=self._extras()))
-        self.reporter.artifact("best_adapter", path, result.step)
-        metric = self.spec.training.best_metric
-        self.reporter.log(f"best eval so far: step {result.step}, sample {metric} "
-                          f"{result.sample_figure(metric):.4f}; its adapter is kept ({BEST}/{path.name})")
-
-    def _settle_best(self, best: EvalResult | None, adapter_dir: Path) -> Path | None:
-        """The best eval's adapter once the run is over: ``adapter_dir`` itself when the best eval is the
-        last step's (the copy goes), else the kept ``best/step-N``. None (and the run's adapter is the last
-        one) without evals, or when the kept copy is not this eval's: written by an earlier attempt whose
-        evals a resumed attempt did not reproduce."""
-        if best is None:
-            return None
-        metric = self.spec.training.best_metric
-        if best.step == self.state.step:
-            clear_best(self.out_dir)
-            self.reporter.artifact("best_adapter", adapter_dir, best.step)
-            where = "the last step's, adapter/"
-            path = adapter_dir
-        else:
-            path = best_dir(self.out_dir, best.step)
-            if not path.is_dir():
-                clear_best(self.out_dir)
-                self.reporter.log(f"the best eval (step {best.step}) has no kept adapter (an earlier attempt's "
-                                  "evals were not reproduced); the run's adapter is the last step's", "warn")
-                return None
-            where = f"{BEST}/{path.name}; the last step's is in adapter/"
-        self.reporter.log(f"best eval: step {best.step}, sample {metric} {best.sample_figure(metric):.4f}; "
-                          f"its adapter is the run's adapter ({where})")
-        return path
 
     def _extras(self) -> dict[str, str]:
         """Files saved beside every adapter and checkpoint: the run's spec, a classifier's label names."""
@@ -793,14 +692,13 @@ class TrainingRecipe:
         if self.reporter.should_stop():
             raise Cancelled(f"cancelled at step {self.state.step}")
         adapter_dir = self.save()
-        best = self.state.best(metric=self.spec.training.best_metric)
-        best_dir = self._settle_best(best, adapter_dir)
+        best = self.state.best()
         first = self.state.evals[0].loss if self.state.evals and self.state.evals[0].step == 0 else None
         return TrainResult(
             adapter_dir, self.state.step, self.label_names, first,
             last.loss if last else None, last.sample_loss if last else None,
             best.step if best else None, best.sample_loss if best else None,
-            self.stopped_early, dict(last.metrics) if last else {}, best_dir,
+            self.stopped_early, dict(last.metrics) if last else {},
         )
 
 
