@@ -175,19 +175,20 @@ def _wire_wizard(ctx, demo, e: Elements):
 
     preview_inputs, preview_outputs = e.of(PREVIEW_INPUTS), e.of(data_step.PREVIEW)
 
-    def on_upload(path):
-        import os
-
-        ref, status = data_step.register(ctx, path, os.path.basename(path) if path else None)
-        return e.updates({"data.ref": ref, "data.status": status})
+    def on_upload(upload):
+        path, name = data_step.uploaded_file(upload)
+        return e.updates(data_step.upload_shown(*data_step.register(ctx, path, name)))
 
     def on_demo(name):
         ref, status = data_step.register_demo(ctx, name)
-        return e.updates({"data.ref": ref, "data.status": status})
+        return e.updates({"data.ref": ref, "data.refusal": None, "data.status": status})
 
-    registered = e.of("data.ref", "data.status")
-    e["data.upload"].upload(on_upload, e["data.upload"], registered).then(preview_detected, preview_inputs,
-                                                                          preview_outputs)
+    registered = e.of("data.ref", "data.refusal", "data.status")
+    # preprocess=False: the callback gets the upload's FileData (its path and the person's file name);
+    # Gradio's own filepath preprocessing would leave an empty temp file behind on every upload.
+    e["data.upload"].upload(on_upload, e["data.upload"], registered, preprocess=False).then(
+        preview_detected, preview_inputs, preview_outputs)
+    e["data.upload"].clear(lambda: None, None, e["data.refusal"], show_progress="hidden")
     e["data.bundled"].input(on_demo, e["data.bundled"], registered).then(preview_detected, preview_inputs,
                                                                          preview_outputs)
     e["data.shape"].input(preview_reshaped, preview_inputs, preview_outputs)
@@ -198,11 +199,11 @@ def _wire_wizard(ctx, demo, e: Elements):
 
     def next_from_data(data):
         v = e.values(data)
-        ref, refusal = data_step.next_from_data(ctx, v["data.ref"], v["data.upload"])
+        ref, refusal = data_step.next_from_data(v["data.ref"], v["data.refusal"])
         return e.updates({"data.ref": ref, "data.status": refusal} if refusal else {"data.ref": ref, **_step(2)})
 
     e["data.back"].click(go(0), None, e.of(NAV))
-    e["data.next"].click(next_from_data, e.of("data.ref", "data.upload"), e.of("data.ref", "data.status", *NAV)).then(
+    e["data.next"].click(next_from_data, e.of("data.ref", "data.refusal"), e.of("data.ref", "data.status", *NAV)).then(
         **count_event).then(**estimate_event)
 
     # method step

@@ -121,8 +121,9 @@ def test_datasets_add_and_the_data_step_refuse_the_same_files_with_the_same_mess
         except DataError as exc:
             service = exc
         if layout is None:  # what the page runs on upload and on Next (it never passes a mapping)
-            upload_ref, upload_box = data_step.register(ui_ctx, str(path), name)
-            next_ref, next_box = data_step.next_from_data(ui_ctx, None, str(path))
+            upload_ref, refusal = data_step.register(ui_ctx, str(path), name)
+            upload_box = data_step.upload_shown(upload_ref, refusal)["data.status"]
+            next_ref, next_box = data_step.next_from_data(upload_ref, refusal)
         ui_rows, ui_files = list_datasets(ui_ctx), stored_files(ui_ctx)
     finally:
         ui_ctx.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,8 @@ from gradio.blocks import Block
 
 from app.core.refs import registered_ref
 from app.services import data_preview
+from app.ui import uploads
+from app.ui.escape import literal
 from app.ui.labels import t
 
 MAX_ROLES = 5
@@ -20,7 +21,8 @@ FILE_TYPES = [".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt", ".zip"]
 
 
 # What a person sets on this step (kept in the wizard's draft); ``data.ref`` is the dataset reference
-# for the spec ("dataset:3"), set by an upload or a demo pick.
+# for the spec ("dataset:3"), set by an upload or a demo pick. (``data.refusal``, why the last upload
+# was refused, is not kept: a reloaded page has no upload on screen.)
 FIELDS = ("data.bundled", "data.val_fraction", "data.dedupe", "data.max_length", "data.ref")
 # The column picked for each role of the data's shape, in the shape's order (app.services.data_preview.roles_for).
 ROLES = tuple(f"data.role.{i}" for i in range(MAX_ROLES))
@@ -64,36 +66,55 @@ def build() -> dict[str, Block]:
     return {"data.upload": upload, "data.bundled": bundled, "data.val_fraction": val_fraction, "data.dedupe": dedupe,
             "data.max_length": max_length, "data.status": status, "data.shape": shape,
             **dict(zip(ROLES, roles, strict=True)), "data.preview": preview, "data.stats": stats,
-            "data.histogram": histogram, "data.ref": gr.State(None), "data.back": back, "data.next": nxt}
+            "data.histogram": histogram, "data.ref": gr.State(None), "data.refusal": gr.State(None), "data.back": back,
+            "data.next": nxt}
 
 
 def error_box(message: str) -> str:
-    return f"<div class='ts-error' id='data-error'>{html.escape(message)}</div>"
+    return f"<div class='ts-error' id='data-error'>{literal(message)}</div>"
 
 
-def register(ctx, path: str | None, original_name: str | None = None) -> tuple[str | None, str]:
-    """Upload -> (registered dataset ref, "") or (None, an error message)."""
+def register(ctx, path: str | None, original_name: str | None = None) -> tuple[str | None, str | None]:
+    """An upload -> (registered dataset ref, None) or (None, why it was refused, in the words of
+    ``add_dataset``, which ``tunestudio datasets add`` uses too).
+
+    Gradio's temporary copy of the upload is removed either way (``app.ui.uploads``): a stored file
+    lives on in the artifacts store, and a refused one is never read again (Next repeats the refusal).
+    """
     if not path:
-        return None, t("data.empty")
+        return None, None
     try:
         view = data_preview.register_upload(ctx, path, original_name or Path(path).name)
     except Exception as exc:
-        return None, error_box(str(exc))
-    return registered_ref(view.id), ""
+        return None, str(exc)
+    finally:
+        uploads.discard(path)
+    return registered_ref(view.id), None
 
 
-def next_from_data(ctx, ref: str | None, upload_path: str | None) -> tuple[str | None, str | None]:
+def uploaded_file(upload: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
+    """(path, the person's file name) of an upload as Gradio hands it over unprocessed (its FileData)."""
+    if not upload or not upload.get("path"):
+        return None, None
+    return upload["path"], upload.get("orig_name") or Path(upload["path"]).name
+
+
+def upload_shown(ref: str | None, refusal: str | None) -> dict[str, Any]:
+    """What an upload leaves on the step: ``data.ref``, ``data.refusal`` and ``data.status``."""
+    return {"data.ref": ref, "data.refusal": refusal, "data.status": error_box(refusal) if refusal else ""}
+
+
+def next_from_data(ref: str | None, refusal: str | None) -> tuple[str | None, str | None]:
     """(dataset ref, None) to go on, or (None, an error box saying why Next stays on the data step).
 
-    A file that is on screen but was refused at upload is checked again through the same
-    ``add_dataset`` the CLI's ``tunestudio datasets add`` uses, so the page repeats that reason in
-    the CLI's words instead of asking for a file the person can see they uploaded."""
+    A file that is on screen but was refused at upload gets that refusal again, in the words of
+    the CLI's ``tunestudio datasets add`` (the same ``add_dataset`` refused it), instead of a request
+    for a file the person can see they uploaded."""
     if ref:
         return ref, None
-    if not upload_path:
-        return None, error_box(t("data.next.refused", reason=t("data.empty")))
-    ref, problem = register(ctx, upload_path, Path(upload_path).name)
-    return (ref, None) if ref else (None, problem)
+    if refusal:
+        return None, error_box(refusal)
+    return None, error_box(t("data.next.refused", reason=t("data.empty")))
 
 
 def register_demo(ctx, name: str | None) -> tuple[str | None, str]:
@@ -123,9 +144,10 @@ def render_preview(prev: data_preview.DataPreview | None, error: str | None = No
                                    value=prev.mapping.get(role, "")))
         else:
             roles.append(gr.update(visible=False, value=None))
-    ok = (f"<div class='ts-ok' id='data-ok'><b>{html.escape(prev.name)}</b>: {prev.rows:,} rows, "
-          f"format {prev.fmt}, detected <b>{prev.shape}</b> (confidence {prev.confidence:.0%})"
-          + (f"; ignored columns: {', '.join(prev.ignored_columns)}" if prev.ignored_columns else "")
+    ok = (f"<div class='ts-ok' id='data-ok'><b>{literal(prev.name)}</b>: {prev.rows:,} rows, "
+          f"format {literal(prev.fmt)}, detected <b>{literal(prev.shape)}</b> (confidence {prev.confidence:.0%})"
+          + (f"; ignored columns: {', '.join(literal(c) for c in prev.ignored_columns)}" if prev.ignored_columns
+             else "")
           + "</div>")
     status = ok if prev.problem is None else ok + error_box(prev.problem)
     frame = pd.DataFrame(prev.head).astype(str).map(_short) if prev.head else None
@@ -153,7 +175,7 @@ def _png_image(png: bytes):
 def _stats_markdown(rows: list[tuple[str, str]]) -> str:
     if not rows:
         return ""
-    return "\n".join(f"- **{label}**: {value}" for label, value in rows)
+    return "\n".join(f"- **{literal(label)}**: {literal(value)}" for label, value in rows)
 
 
 def mapping_from(shape: str | None, values: Mapping[str, Any]) -> dict[str, str]:
