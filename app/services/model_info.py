@@ -45,17 +45,6 @@ class ModelInfo:
     description: str = ""
     tokenizer: Any = None
 
-    def markdown(self) -> str:
-        rows = [
-            f"**{self.name}**" + (f" — {self.description}" if self.description else ""),
-            "",
-            f"- Architecture: `{self.architecture}` ({self.model_type})",
-            f"- Parameters: {human_count(self.shape.total_params)} ({self.shape.total_params:,})",
-            f"- Layers × hidden size: {self.shape.num_layers} × {self.shape.hidden_size}",
-            f"- Task types: {', '.join(self.tasks)}",
-        ]
-        return "\n".join(rows)
-
 
 def bundled_choices() -> list[tuple[str, str]]:
     return [(f"{m.name} ({human_count(m.parameters)}, {', '.join(m.tasks)})", m.name) for m in BUNDLED_MODELS]

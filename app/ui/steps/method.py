@@ -7,7 +7,6 @@ field is named ``method.<PEFT_TYPE>.<field>`` (``method.LORA.r``), its group ``m
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +14,7 @@ import gradio as gr
 from gradio.blocks import Block
 
 from app.services import method_form
+from app.ui.escape import literal
 from app.ui.labels import method_field_label, t
 
 # Fields per row of the form: three read well at desktop width; Gradio's rows wrap each field onto its
@@ -123,12 +123,12 @@ def count_text(info, peft_type: str, values: dict[str, Any], task: str,
         trainable, total = method_form.count_trainable(info.config, config, label_names)
     except Exception as exc:  # the message may quote what the person typed: shown as text, never as HTML
         return {"method.trainable": 0,
-                "method.count": f"<div class='ts-error' id='method-error'>{html.escape(str(exc))}</div>"}
+                "method.count": f"<div class='ts-error' id='method-error'>{literal(exc)}</div>"}
     pct = 100.0 * trainable / total if total else 0.0
     return {"method.trainable": trainable,
             "method.count": t("method.count.detail", label=t("method.count"), trainable=f"{trainable:,}",
                               total=f"{total:,}", pct=f"{pct:.3f}", method=_method_name(peft_type),
-                              model=html.escape(str(info.name)))}
+                              model=literal(info.name))}
 
 
 def _method_name(peft_type: str) -> str:

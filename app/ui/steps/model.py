@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import gradio as gr
 from gradio.blocks import Block
 
+from app.core.options import COMPUTE_PRECISIONS, QUANTIZATIONS
 from app.services import estimate, model_info
+from app.services.estimate import human_count
+from app.ui.escape import literal
 from app.ui.labels import t
 
-PRECISION_CHOICES = [("Automatic: bf16 where the GPU has it, else fp32", "auto"), ("bf16", "bf16"),
-                     ("fp32", "fp32")]
-QUANT_CHOICES = [("None (full precision)", "none"), ("int8", "int8"), ("NF4 (4-bit)", "nf4"),
-                 ("NF4 + double quantization (QLoRA)", "nf4-dq")]
+# The choices are the core's own values (app.core.options), each with its label.
+PRECISION_CHOICES = [(t(f"model.precision.{value}"), value) for value in COMPUTE_PRECISIONS]
+QUANT_CHOICES = [(t(f"model.quantization.{value}"), value) for value in QUANTIZATIONS]
 
 
 # What a person sets on this step (kept in the wizard's draft).
@@ -64,7 +65,22 @@ def chosen_ref(bundled: str | None, custom: str | None) -> str:
 
 
 def error_box(message: str) -> str:
-    return f"<div class='ts-error' id='model-error'>{html.escape(message)}</div>"
+    return f"<div class='ts-error' id='model-error'>{literal(message)}</div>"
+
+
+def info_markdown(info: model_info.ModelInfo) -> str:
+    """What the check says about the model. The name is what the person typed and the architecture
+    comes from the folder's config.json: both shown literally (``<code>``, not backticks, in which
+    character references would show as typed)."""
+    shape = info.shape
+    return "\n".join([
+        f"**{literal(info.name)}**" + (f" — {literal(info.description)}" if info.description else ""),
+        "",
+        f"- Architecture: <code>{literal(info.architecture)}</code> ({literal(info.model_type)})",
+        f"- Parameters: {human_count(shape.total_params)} ({shape.total_params:,})",
+        f"- Layers × hidden size: {shape.num_layers} × {shape.hidden_size}",
+        f"- Task types: {literal(', '.join(info.tasks))}",
+    ])
 
 
 def _describe(bundled: str | None, custom: str | None, trust: bool, models_dir) -> tuple[Any, str | None]:
@@ -83,7 +99,7 @@ def check_model(bundled: str | None, custom: str | None, trust: bool, models_dir
     """The check's outcome by name: ``model.state`` (the ModelInfo or None), ``model.info`` (what it says)
     and ``model.checked`` (the check ran: a reload redoes it, whatever it said)."""
     info, problem = _describe(bundled, custom, trust, models_dir)
-    return _checked(info, info.markdown()) if info is not None else _checked(None, error_box(problem or ""))
+    return _checked(info, info_markdown(info)) if info is not None else _checked(None, error_box(problem or ""))
 
 
 def next_from_model(info, bundled: str | None, custom: str | None, trust: bool, models_dir
@@ -92,11 +108,11 @@ def next_from_model(info, bundled: str | None, custom: str | None, trust: bool, 
     checked or that the fields no longer name, and refuses to leave step 1 while the check fails, so a
     run is never set up on a model the studio could not read."""
     if info is not None and info.name == chosen_ref(bundled, custom):
-        return _checked(info, info.markdown()), True
+        return _checked(info, info_markdown(info)), True
     info, problem = _describe(bundled, custom, trust, models_dir)
     if info is None:
         return _checked(None, error_box(t("model.next.refused", reason=problem))), False
-    return _checked(info, info.markdown()), True
+    return _checked(info, info_markdown(info)), True
 
 
 def estimate_rows(info, trainable: int | None, precision: str, quantization: str, batch, seq_len,
@@ -116,7 +132,7 @@ def fit_text(total_bytes: int, memory: estimate.WorkerMemory | None) -> str:
     verdict = estimate.fit_verdict(total_bytes, memory)
     if memory is None:
         return t("estimate.fit.unknown", need=estimate.gib(total_bytes))
-    where = t("estimate.where.gpu", name=html.escape(memory.name)) if memory.kind == "gpu" else t("estimate.where.ram")
+    where = t("estimate.where.gpu", name=literal(memory.name)) if memory.kind == "gpu" else t("estimate.where.ram")
     free = estimate.gib(memory.available_bytes) if memory.available_bytes is not None else "?"
     return t(f"estimate.fit.{verdict}", need=estimate.gib(total_bytes), total=estimate.gib(memory.total_bytes),
              where=where, free=free)

@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 from gradio.blocks import Block
 
+from app.core.options import SCHEDULERS
 from app.services.draft import TRAIN_FIELDS
 from app.services.wizard import PRESETS, check_learning_rate, preset_values
 from app.ui.labels import t
@@ -47,7 +48,7 @@ def build(peft_type: str = "LORA") -> dict[str, Block]:
         with gr.Row():
             grad_accum = gr.Number(1, precision=0, minimum=1, label=t("train.grad_accum"), elem_id="train-grad-accum")
             warmup = gr.Number(0, precision=0, minimum=0, label=t("train.warmup"), elem_id="train-warmup")
-            scheduler = gr.Dropdown(["linear", "cosine", "constant"], value="linear", label=t("train.scheduler"),
+            scheduler = gr.Dropdown(list(SCHEDULERS), value="linear", label=t("train.scheduler"),
                                     elem_id="train-scheduler")
             weight_decay = gr.Number(0.0, minimum=0, label=t("train.weight_decay"), elem_id="train-weight-decay")
         with gr.Row():
