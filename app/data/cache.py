@@ -29,6 +29,7 @@ from typing import Any
 
 from app.data.examples import ExampleSet
 from app.data.prepare import PREPARE_VERSION, Prepared, open_split
+from app.data.storage import file_sha256
 
 MANIFEST = "prepared.json"
 _STALE_BUILD_SECONDS = 24 * 3600
@@ -58,11 +59,6 @@ def fingerprint(inputs: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 class PreparedCache:
     """Entries under ``folder`` (the studio's ``Settings.data_cache_dir``)."""
 
@@ -82,7 +78,7 @@ class PreparedCache:
         memo = self.digests / stat_key
         if memo.is_file():
             return memo.read_text().strip()
-        digest = _sha256(path)
+        digest = file_sha256(path)
         _write_atomically(memo, digest)
         return digest
 
