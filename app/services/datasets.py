@@ -43,6 +43,28 @@ class DatasetView:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class RunUse:
+    """A run that reads a dataset (as training or validation data)."""
+
+    run_id: int
+    status: str
+
+
+@dataclass(frozen=True)
+class DatasetUsage:
+    """A registered dataset with what it costs and who reads it (the studio's Datasets tab)."""
+
+    dataset: DatasetView
+    disk_bytes: int  # the stored file's size now; 0 when the file is gone
+    runs: list[RunUse]  # every run whose spec reads it, newest first
+
+    @property
+    def in_use(self) -> bool:
+        """A queued or running run reads it: :func:`delete_dataset` refuses."""
+        return any(r.status in ACTIVE_STATUSES for r in self.runs)
+
+
 def add_dataset(ctx: Context, path: str | Path, name: str | None = None, shape: str | None = None,
                 mapping: dict[str, str] | None = None) -> DatasetView:
     """Check ``path`` whole (:func:`app.data.check.check_data_file`), store a copy and register it.
@@ -89,14 +111,36 @@ def get_dataset(ctx: Context, dataset_id: int) -> DatasetView:
         return _view(row)
 
 
+def datasets_read_by(spec: dict) -> set[int]:
+    """The registered datasets a run's spec reads (its training and validation data)."""
+    data = spec.get("data") or {}
+    ids = (dataset_id_of(ref) for ref in (data.get("dataset"), data.get("validation")) if isinstance(ref, str))
+    return {i for i in ids if i is not None}
+
+
 def runs_using(session: Session, dataset_id: int, statuses: tuple[str, ...] = ACTIVE_STATUSES) -> list[Run]:
     """Runs whose spec reads the dataset (as training or validation data), in the given statuses."""
 
     runs = session.scalars(select(Run).where(Run.status.in_(statuses)).order_by(Run.id))
-    return [r for r in runs if any(
-        ref is not None and dataset_id_of(ref) == dataset_id
-        for ref in ((r.spec.get("data") or {}).get("dataset"), (r.spec.get("data") or {}).get("validation"))
-    )]
+    return [r for r in runs if dataset_id in datasets_read_by(r.spec)]
+
+
+def dataset_usage(ctx: Context) -> list[DatasetUsage]:
+    """Every registered dataset, newest first, with its stored file's size and the runs that read it."""
+    with ctx.session() as s:
+        readers: dict[int, list[RunUse]] = {}
+        for run in s.scalars(select(Run).order_by(Run.id.desc())):
+            for dataset_id in datasets_read_by(run.spec or {}):
+                readers.setdefault(dataset_id, []).append(RunUse(run.id, run.status))
+        views = [_view(d) for d in s.scalars(select(Dataset).order_by(Dataset.id.desc()))]
+    return [DatasetUsage(v, _size(Path(v.path)), readers.get(v.id, [])) for v in views]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def delete_dataset(ctx: Context, dataset_id: int) -> None:

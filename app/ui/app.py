@@ -30,6 +30,7 @@ from app.ui.steps import data as data_step
 from app.ui.steps import method as method_step
 from app.ui.steps import model as model_step
 from app.ui.steps import train as train_step
+from app.ui.tabs import datasets as datasets_tab
 from app.ui.tabs import playground as playground_tab
 from app.ui.tabs import run_view
 from app.ui.tabs import runs as runs_tab
@@ -76,10 +77,12 @@ def build_page(ctx: Context) -> tuple[gr.Blocks, Elements]:
                 e.add_all(run_view.build(ctx))
             with gr.Tab(t("tab.runs"), id="runs", elem_id="tab-runs") as runs_tab_item:
                 e.add_all(runs_tab.build(ctx))
+            with gr.Tab(t("tab.datasets"), id="datasets", elem_id="tab-datasets") as datasets_tab_item:
+                e.add_all(datasets_tab.build())
             with gr.Tab(t("tab.playground"), id="playground", elem_id="tab-playground") as play_tab:
                 e.add_all(playground_tab.build())
         e.add_all({"page.tabs": tabs, "page.tab.new": new_tab, "page.tab.run": run_tab,
-                   "page.tab.runs": runs_tab_item, "page.tab.playground": play_tab, "wizard.walkthrough": wizard,
+                   "page.tab.runs": runs_tab_item, "page.tab.datasets": datasets_tab_item, "page.tab.playground": play_tab, "wizard.walkthrough": wizard,
                    "wizard.step": gr.State(0), STORED: draft_ui.browser_state(ctx.settings.home),
                    LOADED: gr.State(None)})  # the draft as it was at load (or when a run was reused)
 
@@ -87,6 +90,7 @@ def build_page(ctx: Context) -> tuple[gr.Blocks, Elements]:
         _wire_run_view(ctx, demo, e)
         _wire_address(e)
         _wire_runs(ctx, demo, e, open_in_wizard)
+        _wire_datasets(ctx, e)
         _wire_playground(ctx, demo, e, pg)
     return demo, e
 
@@ -390,7 +394,7 @@ def _wire_run_view(ctx, demo, e: Elements) -> None:
 def _wire_address(e: Elements) -> None:
     """The address says which run is in front while the run view is (``?run=N``), and nothing otherwise."""
     e["page.tab.run"].select(None, e["run.picker"], None, js=run_view.SET_URL_JS)
-    for name in ("page.tab.new", "page.tab.runs", "page.tab.playground"):
+    for name in ("page.tab.new", "page.tab.runs", "page.tab.datasets", "page.tab.playground"):
         e[name].select(None, None, None, js=run_view.CLEAR_URL_JS)
 
 
@@ -435,6 +439,22 @@ def _wire_runs(ctx, demo, e: Elements, open_in_wizard) -> None:
     tab.select(lambda: "", None, e["runs.message"], queue=False, show_progress="hidden")  # a message is for its moment
     e["runs.open_run"].click(open_run, selected, e.of("page.tabs", "run.picker")).then(
         None, e["run.picker"], None, js=run_view.SET_URL_JS)
+
+
+def _wire_datasets(ctx, e: Elements) -> None:
+    listed = dict(fn=lambda: e.updates(datasets_tab.listing(ctx)), inputs=None,
+                  outputs=e.of("datasets.table", "datasets.selected"))
+    # Read afresh whenever the tab is opened: uploads and runs change what it shows.
+    e["page.tab.datasets"].select(**listed, api_visibility="private")
+    e["datasets.refresh"].click(**listed)
+    e["page.tab.datasets"].select(lambda: "", None, e["datasets.message"], queue=False, show_progress="hidden")
+
+    def delete(data):
+        v = e.values(data)
+        return datasets_tab.delete(ctx, v["datasets.selected"], v["datasets.confirm"])
+
+    e["datasets.delete"].click(delete, e.of("datasets.selected", "datasets.confirm"), e["datasets.message"]).then(
+        **listed)
 
 
 def _wire_playground(ctx, demo, e: Elements, pg) -> None:

@@ -10,6 +10,7 @@ LABELS: dict[str, str] = {
     "tab.new": "New run",
     "tab.run": "Run",
     "tab.runs": "Runs",
+    "tab.datasets": "Datasets",
     "tab.playground": "Playground",
     # wizard
     "step.model": "1 · Model",
@@ -181,6 +182,7 @@ LABELS: dict[str, str] = {
     "run.none": "No run selected. Start one in New run or pick one above.",  # shown as HTML: no Markdown
     "run.link_missing": "The link names run #{run}, which does not exist (it may have been deleted). "
     "Pick a run above.",
+    "run.disk": "On disk: {size} (adapter, checkpoints, merged model, logs)",
     "run.loss": "Loss",
     "run.loss.legend": "curve",
     "run.log": "Log",
@@ -202,6 +204,16 @@ LABELS: dict[str, str] = {
     "runs.compare.legend": "run",
     "runs.open": "Open in run view",
     "runs.reuse": "New run from this one",
+    # datasets tab
+    "datasets.intro": "Registered data files: what each takes on disk and which runs read it. A dataset a queued "
+    "or running run reads cannot be deleted.",
+    "datasets.table": "Datasets",
+    "datasets.select": "Dataset",
+    "datasets.delete": "Delete dataset and its stored file",
+    "datasets.delete.confirm": "Yes, delete it",
+    "datasets.delete.unconfirmed": "Tick the confirmation box to delete.",
+    "datasets.pick": "Pick a dataset first.",
+    "datasets.deleted": "Dataset #{dataset} and its stored file were deleted.",
     # --- playground, merged-model build and "new run from this one" waits (playground owner) -------
     "play.run": "Finished run",
     "play.prompt": "Message",

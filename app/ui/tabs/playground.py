@@ -16,6 +16,7 @@ import gradio as gr
 from gradio.blocks import Block
 
 from app.services import playground
+from app.ui.escape import literal
 from app.ui.labels import t
 
 REDRAW_SECONDS = 0.4
@@ -71,7 +72,7 @@ def run_choices(ctx, current) -> gr.Dropdown:
 
 
 def _error(exc: BaseException | str) -> str:
-    return f"<div class='ts-error'>{html.escape(str(exc))}</div>"
+    return f"<div class='ts-error'>{literal(exc)}</div>"
 
 
 def _bubble(role: str, text: str) -> dict[str, str]:

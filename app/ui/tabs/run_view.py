@@ -6,13 +6,14 @@ The page keeps nothing: a timer re-reads the run's rows every tick, and the run 
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import gradio as gr
 from gradio.blocks import Block
 
 from app.services import export, merged, monitor, recipe, run_table, runs
+from app.services.estimate import human_bytes
+from app.ui.escape import literal
 from app.ui.labels import t
 
 POLL_SECONDS = 1.0
@@ -81,7 +82,7 @@ def linked_run(ctx, raw: str) -> tuple[int | None, str]:
     try:
         return runs.get_run(ctx, int(raw)).id, ""
     except (ValueError, runs.RunNotFound):
-        return None, f"<div class='ts-error'>{html.escape(t('run.link_missing', run=raw))}</div>"
+        return None, f"<div class='ts-error'>{literal(t('run.link_missing', run=raw))}</div>"
 
 
 def latest_run(ctx) -> int | None:
@@ -119,10 +120,11 @@ def build(ctx) -> dict[str, Block]:
 
 def _header(ctx, run: runs.RunView) -> str:
     data = run_table.dataset_name(ctx, run.spec.get("data", {}).get("dataset", ""), {})
-    err = f"<div class='ts-error'>{html.escape(run.error)}</div>" if run.error else ""
-    return (f"<h3>#{run.id} {html.escape(run.name)} <span class='ts-status {run.status}' id='run-status'>"
-            f"{run.status}</span></h3><div>{html.escape(run.model)} · data {html.escape(str(data))}</div>"
-            f"<div id='run-recipe'>{html.escape(run_table.run_recipe(run))}</div>{err}")
+    err = f"<div class='ts-error'>{literal(run.error)}</div>" if run.error else ""
+    disk = t("run.disk", size=human_bytes(runs.run_disk_bytes(ctx, run.id)))
+    return (f"<h3>#{run.id} {literal(run.name)} <span class='ts-status {literal(run.status)}' id='run-status'>"
+            f"{literal(run.status)}</span></h3><div>{literal(run.model)} · data {literal(data)}</div>"
+            f"<div id='run-recipe'>{literal(run_table.run_recipe(run))}</div><div id='run-disk'>{disk}</div>{err}")
 
 
 def _progress(p: monitor.Progress) -> str:
@@ -152,7 +154,7 @@ def draw(ctx, run_id, seen) -> dict[str, Any]:
             return {}
         snap = monitor.snapshot(ctx, int(run_id))
     except runs.RunNotFound as exc:
-        return _nothing(f"<div class='ts-error'>{exc}</div>")
+        return _nothing(f"<div class='ts-error'>{literal(exc)}</div>")
     download = gr.update(visible=False)
     if snap.run.status == "succeeded" and snap.run.adapter_path:
         try:
@@ -180,7 +182,7 @@ def prepare_merged(ctx, run_id, progress=None) -> dict[str, Any]:
     try:
         path = merged.export_merged_zip(ctx, int(run_id), report)
     except Exception as exc:
-        return {"run.message": f"<div class='ts-error'>{html.escape(str(exc))}</div>"}
+        return {"run.message": f"<div class='ts-error'>{literal(exc)}</div>"}
     return {"run.message": "", "run.merge": gr.update(visible=False),
             "run.merged": gr.update(value=str(path), visible=True)}
 

@@ -12,6 +12,7 @@ from gradio.blocks import Block
 
 from app.registry.models import RUN_STATUSES
 from app.services import draft, monitor, run_table, runs
+from app.ui.escape import literal
 from app.ui.labels import t
 
 
@@ -92,6 +93,6 @@ def delete(ctx, run_id, confirmed: bool) -> str:
     try:
         runs.delete_run(ctx, int(run_id))
     except Exception as exc:
-        return f"<div class='ts-error'>{exc}</div>"
+        return f"<div class='ts-error'>{literal(exc)}</div>"
     return f"Run #{run_id} and its files were deleted."
 
