@@ -13,6 +13,9 @@ PRECISIONS = ("full", "int8", "nf4")
 SCHEDULERS = ("linear", "cosine", "constant")
 # training.device
 DEVICES = ("auto", "cpu", "cuda")
+# training.best_metric: what ranks a run's evals (the adapter kept as the run's, early stopping); the
+# loss falls as a run improves, accuracy (measured for classifiers only) rises.
+BEST_METRICS = ("loss", "accuracy")
 
 # The studio's quantization choice -> (model.precision, model.double_quant).
 QUANTIZATIONS: dict[str, tuple[str, bool]] = {

@@ -20,7 +20,7 @@ import yaml
 
 from app.core.catalog import bundled_model
 from app.core.errors import UserError
-from app.core.options import DEVICES, PRECISIONS, SCHEDULERS
+from app.core.options import BEST_METRICS, DEVICES, PRECISIONS, SCHEDULERS
 from app.core.tasks import SPEC_SHAPES, TASKS, task_for
 
 
@@ -70,6 +70,11 @@ class TrainingSpec:
     # Evals before the last one use a seeded sample of this many validation examples (the step-0
     # eval on a CPU must not hold training up); the last eval uses the whole split. 0/None: always whole.
     eval_samples: int | None = 64
+    # Early stopping: the run stops once this many evals in a row have not bettered the best one by more
+    # than early_stopping_min_delta (0 = never stops early). The best eval's adapter is kept either way.
+    early_stopping_patience: int = 0
+    early_stopping_min_delta: float = 0.0
+    best_metric: str = "loss"  # what ranks the evals: app.core.options.BEST_METRICS
     checkpoint_every: int = 0
     log_every: int = 1
     seed: int = 42
@@ -227,6 +232,7 @@ class RunSpec:
         ):
             raise SpecError("training.eval_samples", "must be a whole number of validation examples, 0 or more "
                             f"(0 or null = every eval uses the whole validation split), got {t.eval_samples!r}")
+        self._validate_best()
         _int("training.checkpoint_every", t.checkpoint_every, lo=0)
         _int("training.log_every", t.log_every, lo=1)
         _int("training.seed", t.seed, lo=0)
@@ -234,6 +240,25 @@ class RunSpec:
             raise SpecError("training.bf16", f"must be true, false or auto, got {t.bf16!r}")
         if t.device not in DEVICES:
             raise SpecError("training.device", f"{t.device!r} is not one of {', '.join(DEVICES)}")
+
+    def _validate_best(self) -> None:
+        """The best eval and early stopping: both need evals to compare, accuracy needs a classifier."""
+        t = self.training
+        _int("training.early_stopping_patience", t.early_stopping_patience, lo=0)
+        _number("training.early_stopping_min_delta", t.early_stopping_min_delta)
+        if t.best_metric not in BEST_METRICS:
+            raise SpecError("training.best_metric", f"{t.best_metric!r} is not one of {', '.join(BEST_METRICS)}")
+        if t.best_metric == "accuracy" and self.task_is_fixed and self.task != "SEQ_CLS":
+            raise SpecError("training.best_metric", f"accuracy is measured for classifiers (SEQ_CLS) only; this "
+                                                    f"run's task is {self.task}: use loss")
+        if not t.early_stopping_patience:
+            return
+        if not t.eval_every:
+            raise SpecError("training.early_stopping_patience", "needs evals while training: set "
+                            "training.eval_every above 0 (with 0 the run evaluates only at its start and end)")
+        if not self.data.val_fraction and self.data.validation is None:
+            raise SpecError("training.early_stopping_patience", "needs a validation split: set "
+                            "data.val_fraction above 0 or name a data.validation file")
 
     # ------------------------------------------------------------------ helpers
     @property
