@@ -31,6 +31,7 @@ from app.data.chat import chat_template_files
 from app.data.pipeline import prepare_for_run
 from app.data.prepare import IGNORE
 from app.data.sources import DatasetResolver, resolve_dataset_file
+from worker.best_adapter import BEST, best_dir, clear_best, replace_best
 
 if TYPE_CHECKING:
     from tuners.model import TunedModel
@@ -100,10 +101,11 @@ class TrainResult:
     first_eval_loss: float | None  # at step 0, on the eval sample (training.eval_samples)
     last_eval_loss: float | None  # after the last step, on the whole validation split
     last_sample_eval_loss: float | None = None  # after the last step, on the step-0 sample (compare with first)
-    best_step: int | None = None  # the eval with the lowest sample loss (the figure every eval shares)
+    best_step: int | None = None  # the best eval on training.best_metric (the sample figure every eval shares)
     best_sample_eval_loss: float | None = None
     stopped_early: str | None = None  # why a callback stopped the loop before its last step
     eval_metrics: dict[str, float] = field(default_factory=dict)  # the last eval's, on the whole split
+    best_adapter_dir: Path | None = None  # the best eval's adapter (adapter_dir when that is the last step's)
 
 
 # ---------------------------------------------------------------------------------------------- batches and loss
@@ -222,6 +224,23 @@ class EvalResult:
     sample_loss: float
     examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    sample_metrics: dict[str, float] = field(default_factory=dict)
+
+    def sample_figure(self, metric: str) -> float:
+        """``metric`` ("loss" or a metric's name) on the fixed sample every eval shares: what evals are ranked by."""
+        if metric == "loss":
+            return self.sample_loss
+        return self.sample_metrics[metric] if metric in self.sample_metrics else self.metrics[metric]
+
+
+# Figures that rise as a run gets better (the loss falls); training.best_metric names one of them or the loss.
+RISING_METRICS = frozenset({"accuracy"})
+
+
+def improves(result: EvalResult, best: EvalResult, metric: str = "loss", min_delta: float = 0.0) -> bool:
+    """Whether ``result`` beats ``best`` on ``metric`` by more than ``min_delta`` (on the shared sample)."""
+    new, old = result.sample_figure(metric), best.sample_figure(metric)
+    return new > old + min_delta if metric in RISING_METRICS else new < old - min_delta
 
 
 # After each eval the loop asks its callbacks; a returned reason stops it (the run then ends as usual:
@@ -231,18 +250,20 @@ EvalCallback = Callable[[EvalResult, "TrainState"], str | None]
 
 @dataclass(frozen=True)
 class EarlyStopping:
-    """Stop when ``patience`` evals in a row have not lowered the sample eval loss by more than ``min_delta``
-    below the best so far. Reads only the state's eval history, so a resumed run decides the same."""
+    """Stop when ``patience`` evals in a row have not bettered the best so far on ``metric`` (the sample eval
+    loss, or accuracy) by more than ``min_delta``. Reads only the state's eval history, so a resumed run
+    decides the same."""
 
     patience: int
     min_delta: float = 0.0
+    metric: str = "loss"
 
     def __call__(self, result: EvalResult, state: TrainState) -> str | None:
-        best = state.best(self.min_delta)
+        best = state.best(self.min_delta, self.metric)
         since = sum(1 for e in state.evals if e.step > best.step) if best is not None else 0
         if since >= self.patience:
-            return (f"no eval improved on step {best.step}'s loss {best.sample_loss:.4f} by more than "
-                    f"{self.min_delta:g} in {since} evals (early stopping, patience {self.patience})")
+            return (f"no eval improved on step {best.step}'s {self.metric} {best.sample_figure(self.metric):.4f} "
+                    f"by more than {self.min_delta:g} in {since} evals (early stopping, patience {self.patience})")
         return None
 
 
@@ -345,11 +366,12 @@ class TrainState:
     step: int = 0
     evals: list[EvalResult] = field(default_factory=list)
 
-    def best(self, min_delta: float = 0.0) -> EvalResult | None:
-        """The eval with the lowest sample loss; a later one counts only when lower by more than ``min_delta``."""
+    def best(self, min_delta: float = 0.0, metric: str = "loss") -> EvalResult | None:
+        """The best eval on ``metric`` (the lowest sample loss by default); a later one counts only when it
+        betters the best before it by more than ``min_delta`` (:func:`improves`)."""
         best: EvalResult | None = None
         for e in self.evals:
-            if best is None or e.sample_loss < best.sample_loss - min_delta:
+            if best is None or improves(e, best, metric, min_delta):
                 best = e
         return best
 
@@ -411,6 +433,10 @@ class TrainingRecipe:
         self.spec, self.out_dir, self.reporter, self.models_dir = spec, Path(out_dir), reporter, models_dir
         self.resolver = resolver or resolve_dataset_file
         self.callbacks = list(callbacks)
+        es = spec.training
+        if es.early_stopping_patience:  # the spec's own early stopping, beside any callbacks given
+            self.callbacks.append(EarlyStopping(es.early_stopping_patience, es.early_stopping_min_delta,
+                                                es.best_metric))
         self.extra_metrics = list(metrics)
         self.training = spec.training
         self.stopped_early: str | None = None
@@ -504,6 +530,10 @@ class TrainingRecipe:
 
     def _setup_eval(self) -> None:
         self.metrics = [*default_metrics(self.task), *self.extra_metrics]
+        best_metric = self.spec.training.best_metric
+        if best_metric != "loss" and best_metric not in {m.name for m in self.metrics}:
+            raise SpecError("training.best_metric", f"{best_metric} is not measured for this run's task "
+                                                    f"({self.task}): use loss")
         self.plan = eval_plan(len(self.eval_data), self.training.eval_samples, self.training.seed)
         if self.plan.sample is not None:
             n = len(self.eval_data)
@@ -613,12 +643,12 @@ class TrainingRecipe:
         self.tuned.eval()
         with torch.no_grad(), self._autocast():
             sums = self._eval_pass(sample)
-            sample_loss = sums.loss()
+            sample_loss, sample_metrics = sums.loss(), sums.metric_values()
             if final and self.plan.sample is not None:
                 sums = sums.plus(self._eval_pass(self.plan.rest))
         self.tuned.train()
         step = self.state.step
-        result = EvalResult(step, sums.loss(), sample_loss, sums.examples, sums.metric_values())
+        result = EvalResult(step, sums.loss(), sample_loss, sums.examples, sums.metric_values(), sample_metrics)
         accuracy = result.metrics.get("accuracy")
         self.reporter.metric(Point(step, self.epoch, "eval", result.loss, accuracy=accuracy))
         scope = f"all {result.examples:,}" if result.examples == n else f"{result.examples} of {n:,}"
@@ -628,6 +658,8 @@ class TrainingRecipe:
                           + (f" (the {len(sample)}-example sample: {sample_loss:.4f})"
                              if result.examples != len(sample) else ""))
         self.state.evals.append(result)
+        if not final and self.state.best(metric=self.spec.training.best_metric) is result:
+            self._keep_best(result)
         for callback in self.callbacks:
             reason = callback(result, self.state)
             if reason and not final:
@@ -659,6 +691,41 @@ class TrainingRecipe:
         self.reporter.artifact("adapter", adapter_dir, self.state.step)
         self.reporter.log(f"adapter saved ({self.state.step} steps)")
         return adapter_dir
+
+    def _keep_best(self, result: EvalResult) -> None:
+        """The adapter as it is at the best eval so far, in ``best/step-N`` (replacing the one before, see
+        :mod:`worker.best_adapter`), registered as the ``best_adapter`` artifact of that step."""
+        path = replace_best(self.out_dir, result.step,
+                            lambda folder: self.tuned.save_pretrained(folder, extra_files=self._extras()))
+        self.reporter.artifact("best_adapter", path, result.step)
+        metric = self.spec.training.best_metric
+        self.reporter.log(f"best eval so far: step {result.step}, sample {metric} "
+                          f"{result.sample_figure(metric):.4f}; its adapter is kept ({BEST}/{path.name})")
+
+    def _settle_best(self, best: EvalResult | None, adapter_dir: Path) -> Path | None:
+        """The best eval's adapter once the run is over: ``adapter_dir`` itself when the best eval is the
+        last step's (the copy goes), else the kept ``best/step-N``. None (and the run's adapter is the last
+        one) without evals, or when the kept copy is not this eval's: written by an earlier attempt whose
+        evals a resumed attempt did not reproduce."""
+        if best is None:
+            return None
+        metric = self.spec.training.best_metric
+        if best.step == self.state.step:
+            clear_best(self.out_dir)
+            self.reporter.artifact("best_adapter", adapter_dir, best.step)
+            where = "the last step's, adapter/"
+            path = adapter_dir
+        else:
+            path = best_dir(self.out_dir, best.step)
+            if not path.is_dir():
+                clear_best(self.out_dir)
+                self.reporter.log(f"the best eval (step {best.step}) has no kept adapter (an earlier attempt's "
+                                  "evals were not reproduced); the run's adapter is the last step's", "warn")
+                return None
+            where = f"{BEST}/{path.name}; the last step's is in adapter/"
+        self.reporter.log(f"best eval: step {best.step}, sample {metric} {best.sample_figure(metric):.4f}; "
+                          f"its adapter is the run's adapter ({where})")
+        return path
 
     def _extras(self) -> dict[str, str]:
         """Files saved beside every adapter and checkpoint: the run's spec, a classifier's label names."""
@@ -692,13 +759,14 @@ class TrainingRecipe:
         if self.reporter.should_stop():
             raise Cancelled(f"cancelled at step {self.state.step}")
         adapter_dir = self.save()
-        best = self.state.best()
+        best = self.state.best(metric=self.spec.training.best_metric)
+        best_dir = self._settle_best(best, adapter_dir)
         first = self.state.evals[0].loss if self.state.evals and self.state.evals[0].step == 0 else None
         return TrainResult(
             adapter_dir, self.state.step, self.label_names, first,
             last.loss if last else None, last.sample_loss if last else None,
             best.step if best else None, best.sample_loss if best else None,
-            self.stopped_early, dict(last.metrics) if last else {},
+            self.stopped_early, dict(last.metrics) if last else {}, best_dir,
         )
 
 
