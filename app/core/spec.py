@@ -76,6 +76,10 @@ class TrainingSpec:
     early_stopping_min_delta: float = 0.0
     best_metric: str = "loss"  # what ranks the evals: app.core.options.BEST_METRICS
     checkpoint_every: int = 0
+    # A checkpoint also after this many minutes of training since the last one (0 = by steps only),
+    # so a stopped or lost worker costs at most that much work; the newest ``keep_checkpoints`` stay.
+    checkpoint_minutes: float = 10.0
+    keep_checkpoints: int = 2
     log_every: int = 1
     seed: int = 42
     bf16: bool | str = "auto"
@@ -234,6 +238,8 @@ class RunSpec:
                             f"(0 or null = every eval uses the whole validation split), got {t.eval_samples!r}")
         self._validate_best()
         _int("training.checkpoint_every", t.checkpoint_every, lo=0)
+        _number("training.checkpoint_minutes", t.checkpoint_minutes, hi=MAX_CHECKPOINT_MINUTES)
+        _int("training.keep_checkpoints", t.keep_checkpoints, lo=1, hi=MAX_KEPT_CHECKPOINTS)
         _int("training.log_every", t.log_every, lo=1)
         _int("training.seed", t.seed, lo=0)
         if t.bf16 not in (True, False, "auto"):
@@ -364,6 +370,8 @@ MAX_EPOCHS = 10_000
 MAX_BATCH = 4_096
 MAX_LEARNING_RATE = 1.0
 MAX_WEIGHT_DECAY = 10.0
+MAX_CHECKPOINT_MINUTES = 7 * 24 * 60  # a week
+MAX_KEPT_CHECKPOINTS = 1_000
 # The registry stores steps in 32-bit integer columns; larger values would surface as raw SQL errors.
 REGISTRY_INT_MAX = 2**31 - 1
 
