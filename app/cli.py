@@ -59,9 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--more-steps", type=int, help="train this many steps beyond the run's plan")
     resume.set_defaults(handler=_runs_resume)
 
-    export = sub.add_parser("export", help="write a finished run's adapter as a zip")
+    export = sub.add_parser("export", help="write a finished run's adapter as a zip (its best eval's when kept)")
     export.add_argument("run_id", type=int)
     export.add_argument("--out", required=True, help="zip file to write")
+    export.add_argument("--last", action="store_true", help="the last step's adapter instead of the best eval's")
     export.set_defaults(handler=_export)
 
     datasets = sub.add_parser("datasets", help="register data files")
@@ -175,7 +176,9 @@ def _runs_show(args: argparse.Namespace, settings: Settings) -> int:
     if r.error:
         print(f"  error    {r.error}")
     if r.adapter_path:
-        print(f"  adapter  {r.adapter_path}")
+        print(f"  adapter  {r.adapter_path}" + (f" (best eval, step {r.best_step})" if r.best_step is not None else ""))
+    if r.last_adapter_path and r.last_adapter_path != r.adapter_path:
+        print(f"  last     {r.last_adapter_path} (export --last)")
     print(f"  disk     {disk / 2**20:.1f} MiB")
     train = [p for p in points if p.split == "train"]
     evals = [p for p in points if p.split == "eval"]
@@ -219,7 +222,7 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
 
     ctx = _ctx(settings)
     try:
-        print(export_adapter_zip(ctx, args.run_id, args.out))
+        print(export_adapter_zip(ctx, args.run_id, args.out, last=args.last))
     finally:
         ctx.close()
     return 0

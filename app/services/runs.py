@@ -58,9 +58,11 @@ class RunView:
     error: str | None
     step: int
     total_steps: int | None
-    adapter_path: str | None
+    adapter_path: str | None  # the run's adapter: its best eval's when one was kept (best_step), else the last
     attempt: int = 1
     resumed_from_step: int | None = None
+    last_adapter_path: str | None = None  # the last step's adapter (the same folder when its eval was the best)
+    best_step: int | None = None  # the step of the best eval, whose adapter ``adapter_path`` is; None: not kept
 
     @property
     def is_final(self) -> bool:
@@ -183,8 +185,8 @@ def list_runs(ctx: Context, status: str | list[str] | None = None, limit: int = 
         if status:
             query = query.where(Run.status.in_([status] if isinstance(status, str) else status))
         runs = list(s.scalars(query))
-        adapters = _adapter_paths(s, [r.id for r in runs])
-        return [_view(r, adapters.get(r.id)) for r in runs]
+        adapters = _adapters(s, [r.id for r in runs])
+        return [_view(r, adapters.get(r.id, _NO_ADAPTER)) for r in runs]
 
 
 def get_run(ctx: Context, run_id: int) -> RunView:
@@ -193,7 +195,7 @@ def get_run(ctx: Context, run_id: int) -> RunView:
         run = s.get(Run, run_id)
         if run is None:
             raise RunNotFound(run_id)
-        return _view(run, _adapter_paths(s, [run_id]).get(run_id))
+        return _view(run, _adapters(s, [run_id]).get(run_id, _NO_ADAPTER))
 
 
 def get_spec(ctx: Context, run_id: int) -> RunSpec:
@@ -284,20 +286,50 @@ def delete_run(ctx: Context, run_id: int) -> None:
         exported.unlink(missing_ok=True)
 
 
-def _adapter_paths(session, run_ids: list[int]) -> dict[int, str]:
+@dataclass(frozen=True)
+class _Adapters:
+    last: str | None = None  # the final adapter folder (kind "adapter")
+    best: str | None = None  # the kept best eval's adapter folder (kind "best_adapter"), if still there
+    best_step: int | None = None
+
+    @property
+    def run_adapter(self) -> str | None:
+        """What the run's download, the playground and merges use: the best eval's adapter when one was
+        kept, else the last; none before the run has saved its final adapter."""
+        return (self.best or self.last) if self.last else None
+
+
+_NO_ADAPTER = _Adapters()
+
+
+def _adapters(session, run_ids: list[int]) -> dict[int, _Adapters]:
+    """Each run's final adapter and kept best one. The engine registers a ``best_adapter`` artifact at
+    every new best eval and removes every other best folder, so only the newest such row can be kept;
+    its folder is gone when a resumed attempt found the kept copy was not its own best eval's."""
     if not run_ids:
         return {}
+    newest_best = (select(func.max(Artifact.id))
+                   .where(Artifact.run_id.in_(run_ids), Artifact.kind == "best_adapter").group_by(Artifact.run_id))
     rows = session.execute(
-        select(Artifact.run_id, Artifact.path).where(Artifact.run_id.in_(run_ids), Artifact.kind == "adapter")
+        select(Artifact.run_id, Artifact.kind, Artifact.path, Artifact.step).order_by(Artifact.id)
+        .where(Artifact.run_id.in_(run_ids), (Artifact.kind == "adapter") | Artifact.id.in_(newest_best))
     )
-    return {run_id: path for run_id, path in rows}
+    found: dict[int, _Adapters] = {}
+    for run_id, kind, path, step in rows:
+        was = found.get(run_id, _NO_ADAPTER)
+        if kind == "adapter":
+            found[run_id] = _Adapters(path, was.best, was.best_step)
+        elif Path(path).is_dir():
+            found[run_id] = _Adapters(was.last, path, step)
+    return found
 
 
-def _view(run: Run, adapter_path: str | None) -> RunView:
+def _view(run: Run, adapters: _Adapters) -> RunView:
     return RunView(
         id=run.id, name=run.name, status=run.status, model=run.model, method=run.method, spec=dict(run.spec),
         created_at=run.created_at, started_at=run.started_at, finished_at=run.finished_at,
         heartbeat_at=run.heartbeat_at, worker_host=run.worker_host, error=run.error, step=run.step,
-        total_steps=run.total_steps, adapter_path=adapter_path, attempt=run.attempt or 1,
-        resumed_from_step=run.resumed_from_step,
+        total_steps=run.total_steps, adapter_path=adapters.run_adapter, attempt=run.attempt or 1,
+        resumed_from_step=run.resumed_from_step, last_adapter_path=adapters.last,
+        best_step=adapters.best_step if adapters.run_adapter and adapters.best else None,
     )
