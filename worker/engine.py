@@ -32,19 +32,27 @@ from app.data.pipeline import prepare_for_run
 from app.data.prepare import IGNORE
 from app.data.sources import DatasetResolver, resolve_dataset_file
 from worker.best_adapter import BEST, best_dir, clear_best, replace_best
+from worker.checkpoints import CHECKPOINTS, STATE_FILE, checkpoint_dir, is_complete, prune_checkpoints
 
 if TYPE_CHECKING:
     from tuners.model import TunedModel
 
 # Batches a data-driven method (FishMask) sees before training to choose what it trains.
 CALIBRATION_BATCHES = 8
-# Inside a checkpoint folder, beside the adapter files: everything else needed to continue the run.
-STATE_FILE = "training_state.pt"
 STATE_VERSION = 1
 
 
 class Cancelled(Exception):
     """The run was asked to stop; the metric history stays."""
+
+
+class Preempted(Exception):
+    """The worker is stopping (SIGTERM): the run stopped between steps after writing ``checkpoint`` (None
+    before its first step, when there is nothing to keep) and is to be given back to the queue."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(f"worker stopping at step {step}" + (f"; checkpoint {checkpoint}" if checkpoint else ""))
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class Reporter(Protocol):
     def progress(self, step: int, total_steps: int) -> None: ...
     def artifact(self, kind: str, path: Path, step: int | None) -> None: ...
     def should_stop(self) -> bool: ...
+    def preempted(self) -> bool: ...
 
 
 @dataclass
@@ -75,6 +84,7 @@ class MemoryReporter:
     lines: list[str] = field(default_factory=list)
     artifacts: list[tuple[str, Path, int | None]] = field(default_factory=list)
     stop_after_step: int | None = None
+    preempt_after_step: int | None = None
     step: int = 0
 
     def metric(self, point: Point) -> None:
@@ -91,6 +101,9 @@ class MemoryReporter:
 
     def should_stop(self) -> bool:
         return self.stop_after_step is not None and self.step >= self.stop_after_step
+
+    def preempted(self) -> bool:
+        return self.preempt_after_step is not None and self.step >= self.preempt_after_step
 
 
 @dataclass
@@ -543,16 +556,23 @@ class TrainingRecipe:
     # ------------------------------------------------------------------------------------------ the loop
     def train(self) -> None:
         """Optimizer steps until the last (or until a callback stops the loop); raises :class:`Cancelled`
-        when the reporter asks to stop between steps. Continues from ``state.step`` after a resume."""
+        when the reporter asks to stop between steps, :class:`Preempted` when the worker is stopping (each
+        after a checkpoint of the step reached, so a resume loses nothing). Continues from ``state.step``
+        after a resume."""
         t, state = self.training, self.state
         log_lines_every = step_log_interval(self.total_steps, t.log_every)
         self.tuned.train()
         if state.step == 0 and not state.evals:
             self.evaluate()
         window_tokens, window_start = 0, time.perf_counter()
+        self.last_checkpoint_at = time.monotonic()
         while state.step < self.total_steps:
             if self.reporter.should_stop():
+                if state.step:  # so resuming a cancelled run loses nothing
+                    self.checkpoint()
                 raise Cancelled(f"cancelled at step {state.step}")
+            if self.reporter.preempted():
+                raise Preempted(state.step, self.checkpoint() if state.step else None)
             micro_batches = [self._batch(state.data.take(t.batch_size), self.train_data) for _ in range(t.grad_accum)]
             window_tokens += sum(int(b["attention_mask"].sum()) for b in micro_batches)
             loss = self.forward_backward(micro_batches, step=state.step + 1)
@@ -578,10 +598,30 @@ class TrainingRecipe:
                 if self.stopped_early:
                     self.reporter.log(f"stopping at step {step}: {self.stopped_early}")
                     break
-            if t.checkpoint_every and step % t.checkpoint_every == 0 and step != self.total_steps:
-                path = self.save_checkpoint(self.out_dir / "checkpoints" / f"step-{step}")
-                self.reporter.artifact("checkpoint", path, step)
-                self.reporter.log(f"checkpoint saved at step {step}")
+            if step != self.total_steps and self._checkpoint_due(step):
+                self.checkpoint()
+
+    def _checkpoint_due(self, step: int) -> bool:
+        """Every ``checkpoint_every`` steps, and once ``checkpoint_minutes`` of training passed since the
+        last checkpoint (or this attempt's start), so a lost worker costs at most that much work."""
+        t = self.training
+        by_steps = bool(t.checkpoint_every) and step % t.checkpoint_every == 0
+        by_time = bool(t.checkpoint_minutes) and time.monotonic() - self.last_checkpoint_at >= 60 * t.checkpoint_minutes
+        return by_steps or by_time
+
+    def checkpoint(self) -> Path:
+        """A resumable checkpoint of the current step in ``checkpoints/step-N``, registered and logged; then
+        only the newest ``keep_checkpoints`` are kept (:func:`worker.checkpoints.prune_checkpoints`). A step
+        already checkpointed (a run resumed from it and stopped again before its next step) is reused."""
+        step = self.state.step
+        path = checkpoint_dir(self.out_dir, step)
+        if not is_complete(path):
+            self.save_checkpoint(path)
+            self.reporter.artifact("checkpoint", path, step)
+            self.reporter.log(f"checkpoint saved at step {step}")
+        self.last_checkpoint_at = time.monotonic()
+        prune_checkpoints(self.out_dir / CHECKPOINTS, self.training.keep_checkpoints)
+        return path
 
     def forward_backward(self, micro_batches: list[dict[str, torch.Tensor]], step: int | None = None) -> float:
         """Forward and backward over one optimizer step's micro-batches; returns the step's loss.
