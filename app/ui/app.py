@@ -420,8 +420,15 @@ def _wire_runs(ctx, demo, e: Elements, open_in_wizard) -> None:
 
     selected = e["runs.selected"]
     selected.change(lambda run_id: e.updates(runs_tab.detail(ctx, run_id)), selected,
-                    e.of("runs.config", "runs.download_yaml"))
+                    e.of("runs.config", "runs.download_yaml", "runs.resume_group"))
     e["runs.delete"].click(delete, e.of("runs.selected", "runs.confirm"), e["runs.message"]).then(**refreshed)
+
+    def resume(data):
+        v = e.values(data)
+        return e.updates(runs_tab.resume(ctx, v["runs.selected"], v["runs.more_steps"]))
+
+    e["runs.resume"].click(resume, e.of("runs.selected", "runs.more_steps"),
+                           e.of("runs.message", "runs.resume_group")).then(**refreshed)
 
     # "New run from this one" redoes the model check and data preview in the wizard, which can take
     # a while on a busy CPU: say so at once (unqueued) and keep saying it until the wizard opens.

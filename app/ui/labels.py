@@ -204,6 +204,9 @@ LABELS: dict[str, str] = {
     "runs.compare.legend": "run",
     "runs.open": "Open in run view",
     "runs.reuse": "New run from this one",
+    "runs.resume": "Resume from last checkpoint",
+    "runs.more_steps": "More steps (0 = as planned)",
+    "runs.resume.done": "Run #{run} is queued again (attempt {attempt}{plan}); it continues from its last checkpoint.",
     # datasets tab
     "datasets.intro": "Registered data files: what each takes on disk and which runs read it. A dataset a queued "
     "or running run reads cannot be deleted.",

@@ -122,9 +122,11 @@ def _header(ctx, run: runs.RunView) -> str:
     data = run_table.dataset_name(ctx, run.spec.get("data", {}).get("dataset", ""), {})
     err = f"<div class='ts-error'>{literal(run.error)}</div>" if run.error else ""
     disk = t("run.disk", size=human_bytes(runs.run_disk_bytes(ctx, run.id)))
+    # "resumed from step 40 (attempt 2)": this attempt continued where a stopped one left off.
+    resumed = f"<div id='run-resumed'>{literal(run.resumed)}</div>" if run.resumed else ""
     return (f"<h3>#{run.id} {literal(run.name)} <span class='ts-status {literal(run.status)}' id='run-status'>"
             f"{literal(run.status)}</span></h3><div>{literal(run.model)} · data {literal(data)}</div>"
-            f"<div id='run-recipe'>{literal(run_table.run_recipe(run))}</div><div id='run-disk'>{disk}</div>{err}")
+            f"<div id='run-recipe'>{literal(run_table.run_recipe(run))}</div><div id='run-disk'>{disk}</div>{resumed}{err}")
 
 
 def _progress(p: monitor.Progress) -> str:
