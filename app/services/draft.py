@@ -17,12 +17,14 @@ from app.core.options import COMPUTE_PRECISIONS, QUANTIZATIONS
 from app.core.spec import RunSpec
 from app.services.data_preview import roles_for
 from app.services.method_form import describe_method
+from app.services.wizard import EARLY_STOPPING_PATIENCE
 
 DRAFT_VERSION = 1
 # The draft's field names: model.*, data.* (data.role.<i> follows the shape's roles in order),
 # method.choice and method.<PEFT_TYPE>.<field>, train.preset and train.<name> below, wizard.step.
 TRAIN_FIELDS = ("name", "epochs", "learning_rate", "batch_size", "max_steps", "grad_accum", "warmup_steps",
-                "scheduler", "weight_decay", "eval_every", "checkpoint_every", "seed")
+                "scheduler", "weight_decay", "eval_every", "checkpoint_every", "seed", "early_stopping",
+                "early_stopping_patience")
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -82,8 +84,12 @@ def from_spec(spec: RunSpec, run_id: int) -> dict[str, Any]:
         if f.name in spec.method:
             values[f"method.{spec.method['peft_type']}.{f.name}"] = f.form_value(spec.method[f.name])
     for name in TRAIN_FIELDS[1:]:
-        values[f"train.{name}"] = getattr(t, name)
+        if name != "early_stopping":
+            values[f"train.{name}"] = getattr(t, name)
     values["train.max_steps"] = t.max_steps or 0
+    # early stopping is one spec field (the patience, 0 = off), shown as a switch and a number
+    values["train.early_stopping"] = t.early_stopping_patience > 0
+    values["train.early_stopping_patience"] = t.early_stopping_patience or EARLY_STOPPING_PATIENCE
     return _draft(values)
 
 

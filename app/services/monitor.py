@@ -1,8 +1,9 @@
 """What the run view draws, rebuilt from the registry on every poll (nothing lives in the page).
 
 A snapshot is a pure function of the registry's rows: status, progress (step, epoch, ETA,
-tokens/s), the loss chart frame (train raw and smoothed, eval) and the log tail. Reloading the page
-or opening it in another browser therefore shows exactly the same view.
+tokens/s), the loss chart frame (train raw and smoothed, eval, and a marker at the best eval, whose
+adapter is kept), the best eval and the log tail. Reloading the page or opening it in another
+browser therefore shows exactly the same view.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from app.services.context import Context
 
 CHART_COLUMNS = {"step": "int64", "loss": "float64", "series": "object"}
 SMOOTHING = 0.8
-SERIES = ("train", "train (smoothed)", "eval")
-SERIES_COLOURS = {"train": "#a5b4fc", "train (smoothed)": "#4338ca", "eval": "#ea580c"}
+# One point on the eval curve: the best eval, whose adapter is kept (the run's adapter once it is done).
+BEST_SERIES = "best checkpoint"
+SERIES = ("train", "train (smoothed)", "eval", BEST_SERIES)
+SERIES_COLOURS = {"train": "#a5b4fc", "train (smoothed)": "#4338ca", "eval": "#ea580c", BEST_SERIES: "#047857"}
 
 
 def empty_frame() -> pd.DataFrame:
@@ -35,12 +38,36 @@ def ema(values: list[float], weight: float = SMOOTHING) -> list[float]:
     return out
 
 
-def loss_frame(points: list[runs.MetricView], prefix: str = "") -> pd.DataFrame:
+@dataclass(frozen=True)
+class BestEval:
+    """The best eval so far on the run's ``training.best_metric``, whose adapter is kept."""
+
+    step: int
+    metric: str  # "loss" or "accuracy"
+    value: float  # that figure at this eval, as its eval point has it
+    loss: float  # the eval loss there: where the chart marks it
+
+
+def best_eval(run: runs.RunView, points: list[runs.MetricView]) -> BestEval | None:
+    """The eval point of the run's kept best adapter (``RunView.best_step``); None while there is none."""
+    if run.best_step is None:
+        return None
+    at = next((p for p in points if p.split == "eval" and p.step == run.best_step and p.loss is not None), None)
+    if at is None:  # a resumed attempt has not reached that step again yet
+        return None
+    if (run.spec.get("training") or {}).get("best_metric") == "accuracy" and at.accuracy is not None:
+        return BestEval(at.step, "accuracy", at.accuracy, at.loss)
+    return BestEval(at.step, "loss", at.loss, at.loss)
+
+
+def loss_frame(points: list[runs.MetricView], prefix: str = "", best: BestEval | None = None) -> pd.DataFrame:
     train = [(p.step, p.loss) for p in points if p.split == "train" and p.loss is not None]
     evals = [(p.step, p.loss) for p in points if p.split == "eval" and p.loss is not None]
     rows = [(s, v, f"{prefix}train") for s, v in train]
     rows += [(s, v, f"{prefix}train (smoothed)") for (s, _), v in zip(train, ema([v for _, v in train]))]
     rows += [(s, v, f"{prefix}eval") for s, v in evals]
+    if best is not None:
+        rows.append((best.step, best.loss, f"{prefix}{BEST_SERIES}"))
     if not rows:
         return empty_frame()
     # The browser's chart fixes its colour domain from the first frame it gets: name every series
@@ -110,14 +137,16 @@ class Snapshot:
     progress: Progress
     frame: pd.DataFrame
     log: str
+    best: BestEval | None = None
 
 
 def snapshot(ctx: Context, run_id: int, log_tail: int = 60) -> Snapshot:
     run = runs.get_run(ctx, run_id)
     points = runs.metrics(ctx, run_id)
+    best = best_eval(run, points)
     return Snapshot(
-        run=run, progress=progress(run, points), frame=loss_frame(points),
-        log="\n".join(runs.logs(ctx, run_id, tail=log_tail)),
+        run=run, progress=progress(run, points), frame=loss_frame(points, best=best),
+        log="\n".join(runs.logs(ctx, run_id, tail=log_tail)), best=best,
     )
 
 

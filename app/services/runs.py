@@ -62,7 +62,9 @@ class RunView:
     attempt: int = 1
     resumed_from_step: int | None = None
     last_adapter_path: str | None = None  # the last step's adapter (the same folder when its eval was the best)
-    best_step: int | None = None  # the step of the best eval, whose adapter ``adapter_path`` is; None: not kept
+    # The step of the best eval so far whose adapter is kept (while training too); once the run has its final
+    # adapter, ``adapter_path`` is that one. None: no eval ranked yet, or no kept copy.
+    best_step: int | None = None
 
     @property
     def is_final(self) -> bool:
@@ -331,5 +333,5 @@ def _view(run: Run, adapters: _Adapters) -> RunView:
         heartbeat_at=run.heartbeat_at, worker_host=run.worker_host, error=run.error, step=run.step,
         total_steps=run.total_steps, adapter_path=adapters.run_adapter, attempt=run.attempt or 1,
         resumed_from_step=run.resumed_from_step, last_adapter_path=adapters.last,
-        best_step=adapters.best_step if adapters.run_adapter and adapters.best else None,
+        best_step=adapters.best_step if adapters.best else None,
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 import tuners
 from app.core.options import COMPUTE_PRECISIONS, QUANTIZATIONS
-from app.core.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
+from app.core.spec import DataSpec, ModelSpec, RunSpec, SpecError, TrainingSpec
 from app.core.tasks import task_for
 from app.services.method_form import build_config, config_values
 
@@ -25,6 +25,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # A learning rate this many times outside the method's usual range gets a warning.
 LR_WARN_FACTOR = 10.0
+# Evals without improvement before a run stops, when a person turns early stopping on.
+EARLY_STOPPING_PATIENCE = 3
 
 
 def preset_values(preset: str, peft_type: str) -> dict[str, Any]:
@@ -89,11 +91,18 @@ class WizardChoices:
     eval_every: int = 50
     checkpoint_every: int = 0
     seed: int = 42
+    # The spec's one field training.early_stopping_patience (0 = off), shown as a switch and a number.
+    early_stopping: bool = False
+    early_stopping_patience: int = EARLY_STOPPING_PATIENCE
 
 
 def build_spec(c: WizardChoices) -> RunSpec:
     """The validated spec; raises SpecError / ConfigError naming the field."""
     task = task_for(c.shape, c.model_tasks)
+    patience = int(c.early_stopping_patience or 0) if c.early_stopping else 0
+    if c.early_stopping and patience < 1:
+        raise SpecError("training.early_stopping_patience", "with early stopping on, the patience must be at "
+                        f"least 1 evaluation, got {c.early_stopping_patience!r}")
     adapter = build_config(c.peft_type, c.method_values, task_type=task)
     method = {"peft_type": adapter.peft_type, **config_values(adapter)}
     precision, double_quant = QUANTIZATIONS.get(c.quantization, QUANTIZATIONS["none"])
@@ -110,6 +119,7 @@ def build_spec(c: WizardChoices) -> RunSpec:
             grad_accum=int(c.grad_accum), learning_rate=float(c.learning_rate),
             weight_decay=float(c.weight_decay), warmup_steps=int(c.warmup_steps), scheduler=c.scheduler,
             eval_every=int(c.eval_every), checkpoint_every=int(c.checkpoint_every), seed=int(c.seed),
+            early_stopping_patience=patience,
             bf16=COMPUTE_PRECISIONS.get(c.precision, "auto"),
         ),
     )

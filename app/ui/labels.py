@@ -168,6 +168,10 @@ LABELS: dict[str, str] = {
     "train.eval_every": "Evaluate every N steps (0 = only at the end)",
     "train.checkpoint_every": "Checkpoint every N steps (0 = off)",
     "train.seed": "Seed",
+    "train.early_stopping": "Early stopping",
+    "train.early_stopping.info": "Stop when the eval loss has not improved for the patience's number of evaluations "
+                                 "in a row. Either way the best eval's adapter is kept as the run's adapter.",
+    "train.early_stopping_patience": "Patience (evaluations without improvement)",
     "train.submit": "Start training",
     "train.yaml": "Equivalent spec (`tunestudio train spec.yaml`)",
     # --- train step: per-method learning rate (issue 11, recommended settings) ----------------------
@@ -188,6 +192,10 @@ LABELS: dict[str, str] = {
     "run.log": "Log",
     "run.cancel": "Cancel run",
     "run.download": "Download adapter (.zip)",
+    "run.download_last": "Download last step's adapter (.zip)",
+    "run.best": "Best eval {metric} {value} at step {step}",  # shown as HTML: no Markdown
+    "run.best.kept": " (kept as the adapter)",
+    "run.best.so_far": " so far (its adapter is kept)",
     "run.download_merged": "Download merged model (.zip)",
     "run.prepare_merged": "Build merged model (adapter folded into the weights)",
     # runs tab

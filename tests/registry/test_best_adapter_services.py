@@ -140,7 +140,7 @@ def _seed(ctx, tmp_path, status: str, artifacts: list[tuple[str, str, int]]) -> 
     ("succeeded", [("best_adapter", "gone-b0", 0), ("adapter", "a", 10), ("best_adapter", "a", 10)], "a", "a", 10),
     # the kept copy went (a resumed attempt did not reproduce the eval it was written at): the last one
     ("succeeded", [("best_adapter", "gone-b4", 4), ("adapter", "a", 10)], "a", "a", None),
-    ("cancelled", [("best_adapter", "b4", 4)], None, None, None),  # no final adapter: nothing to use yet
+    ("cancelled", [("best_adapter", "b4", 4)], None, None, 4),  # kept, but no final adapter: nothing to use yet
 ])
 def test_which_folder_is_the_run_adapter(ctx, tmp_path, status, artifacts, adapter, last, best_step):
     run = runs.get_run(ctx, _seed(ctx, tmp_path, status, artifacts))

@@ -16,7 +16,7 @@ from gradio.blocks import Block
 
 from app.core.options import SCHEDULERS
 from app.services.draft import TRAIN_FIELDS
-from app.services.wizard import PRESETS, check_learning_rate, preset_values
+from app.services.wizard import EARLY_STOPPING_PATIENCE, PRESETS, check_learning_rate, preset_values
 from app.ui.labels import t
 
 # The run's training values, named after the spec's fields (``train.learning_rate``).
@@ -57,6 +57,11 @@ def build(peft_type: str = "LORA") -> dict[str, Block]:
             checkpoint_every = gr.Number(0, precision=0, minimum=0, label=t("train.checkpoint_every"),
                                          elem_id="train-checkpoint-every")
             seed = gr.Number(42, precision=0, minimum=0, label=t("train.seed"), elem_id="train-seed")
+        with gr.Row():
+            early_stopping = gr.Checkbox(False, label=t("train.early_stopping"), info=t("train.early_stopping.info"),
+                                         elem_id="train-early-stopping")
+            patience = gr.Number(EARLY_STOPPING_PATIENCE, precision=0, minimum=1,
+                                 label=t("train.early_stopping_patience"), elem_id="train-early-stopping-patience")
     with gr.Accordion(t("train.yaml"), open=False):
         yaml = gr.Code(language="yaml", interactive=False, lines=12, max_lines=24, elem_id="train-yaml")
     message = gr.Markdown(elem_id="train-message")
@@ -66,7 +71,8 @@ def build(peft_type: str = "LORA") -> dict[str, Block]:
     values = {"train.name": name, "train.epochs": epochs, "train.learning_rate": lr, "train.batch_size": batch,
               "train.max_steps": max_steps, "train.grad_accum": grad_accum, "train.warmup_steps": warmup,
               "train.scheduler": scheduler, "train.weight_decay": weight_decay, "train.eval_every": eval_every,
-              "train.checkpoint_every": checkpoint_every, "train.seed": seed}
+              "train.checkpoint_every": checkpoint_every, "train.seed": seed, "train.early_stopping": early_stopping,
+              "train.early_stopping_patience": patience}
     if tuple(values) != VALUES:
         raise RuntimeError("the train step's fields must be app.services.draft.TRAIN_FIELDS")
     return {"train.preset": preset, **values, "train.lr_note": lr_note, "train.rate_method": rate_method,

@@ -1,4 +1,4 @@
-"""The run view: live loss chart, progress, log tail, cancel, downloads; rebuilt from the registry.
+"""The run view: live loss chart, progress, the best eval, log tail, cancel, downloads; rebuilt from the registry.
 
 The page keeps nothing: a timer re-reads the run's rows every tick, and the run id lives in the URL
 (``?run=N``), so a reload or another browser shows the same run where it is.
@@ -33,15 +33,21 @@ URL_READY_JS = """() => { window.tsUrlReady = true; return []; }"""
 # plot has no point option, and a line of one point draws nothing, so a chart with a single loss or
 # eval value looked empty for minutes (issue 11, item 7). Every line gets a dot at its first and last
 # point; eval lines (a few points each) get one at every point. context-stroke keeps each series' colour.
+# The best checkpoint (one point on the eval curve, app.services.monitor.BEST_SERIES) gets a larger ring.
 CHART_MARKERS = """<svg width="0" height="0" style="position:absolute" aria-hidden="true"><defs>
 <marker id="ts-point" viewBox="0 0 10 10" refX="5" refY="5" markerWidth="8" markerHeight="8"
- markerUnits="userSpaceOnUse"><circle cx="5" cy="5" r="5" fill="context-stroke"/></marker></defs></svg>
+ markerUnits="userSpaceOnUse"><circle cx="5" cy="5" r="5" fill="context-stroke"/></marker>
+<marker id="ts-best" viewBox="0 0 20 20" refX="10" refY="10" markerWidth="18" markerHeight="18"
+ markerUnits="userSpaceOnUse"><circle cx="10" cy="10" r="7.5" fill="none" stroke="context-stroke"
+ stroke-width="3"/></marker></defs></svg>
 <style>
 #run-chart g.mark-line, #runs-chart g.mark-line { clip-path: none; }
 #run-chart path[aria-roledescription="line mark"], #runs-chart path[aria-roledescription="line mark"] {
   marker-start: url(#ts-point); marker-end: url(#ts-point); }
 #run-chart path[aria-roledescription="line mark"][aria-label$=" eval"],
 #runs-chart path[aria-roledescription="line mark"][aria-label$=" eval"] { marker-mid: url(#ts-point); }
+#run-chart path[aria-roledescription="line mark"][aria-label$=" best checkpoint"] {
+  marker-start: url(#ts-best); marker-end: url(#ts-best); }
 </style>"""
 
 # The log box follows its end as lines arrive, unless the person has scrolled up to read (then it
@@ -59,8 +65,8 @@ FOLLOW_LOG_AGAIN_JS = f"() => ({FOLLOW_LOG_JS})(true)"
 
 # What a redraw of the run shows (draw answers for each); ``run.seen`` is the (run id, status, points)
 # last drawn, to skip redundant redraws.
-DRAWN = ("run.header", "run.progress", "run.chart", "run.log", "run.cancel", "run.download", "run.merge",
-         "run.merged", "run.seen")
+DRAWN = ("run.header", "run.progress", "run.best", "run.chart", "run.log", "run.cancel", "run.download",
+         "run.download_last", "run.merge", "run.merged", "run.seen")
 
 
 def run_choices(ctx) -> list[tuple[str, int]]:
@@ -100,6 +106,7 @@ def build(ctx) -> dict[str, Block]:
     # Under the header, where the eye is: cancel status, merge errors, a link to a run that is gone.
     message = gr.Markdown(elem_id="run-message")
     progress = gr.HTML(elem_id="run-progress")
+    best = gr.HTML(elem_id="run-best")  # the best eval, whose adapter is kept (marked on the chart)
     # Starts without a frame: Gradio's plot never draws lines into a chart first given an empty one.
     # The title sits outside the plot: a labelled plot block clips its own legend.
     gr.Markdown(f"#### {t('run.loss')}")
@@ -110,11 +117,12 @@ def build(ctx) -> dict[str, Block]:
     with gr.Row():
         cancel = gr.Button(t("run.cancel"), variant="stop", elem_id="run-cancel", visible=False)
         download = gr.DownloadButton(t("run.download"), visible=False, elem_id="run-download")
+        download_last = gr.DownloadButton(t("run.download_last"), visible=False, elem_id="run-download-last")
         merge = gr.Button(t("run.prepare_merged"), visible=False, elem_id="run-merge")
         merged = gr.DownloadButton(t("run.download_merged"), visible=False, elem_id="run-merged")
     return {"run.picker": picker, "run.refresh": refresh, "run.header": header, "run.message": message,
-            "run.progress": progress, "run.chart": chart, "run.log": log, "run.cancel": cancel,
-            "run.download": download, "run.merge": merge, "run.merged": merged, "run.timer": gr.Timer(POLL_SECONDS),
+            "run.progress": progress, "run.best": best, "run.chart": chart, "run.log": log, "run.cancel": cancel,
+            "run.download": download, "run.download_last": download_last, "run.merge": merge, "run.merged": merged, "run.timer": gr.Timer(POLL_SECONDS),
             "run.seen": gr.State(None)}
 
 
@@ -139,10 +147,27 @@ def _progress(p: monitor.Progress) -> str:
             f"<span>ETA {monitor.duration(p.eta_seconds)}</span><span>{tps} tokens/s</span></div>")
 
 
+def best_line(snap: monitor.Snapshot) -> str:
+    """"Best eval loss 0.8123 at step 40 (kept as the adapter)": the eval the chart marks and what became
+    of its adapter; empty while no eval has been ranked."""
+    best = snap.best
+    if best is None:
+        return ""
+    value = f"{best.value:.3f}" if best.metric == "accuracy" else f"{best.value:.4f}"
+    if snap.run.adapter_path is not None:
+        kept = t("run.best.kept")
+    elif snap.run.status in ("queued", "running", "cancelling"):
+        kept = t("run.best.so_far")
+    else:
+        kept = ""
+    return f"<div class='ts-best'>{t('run.best', metric=best.metric, value=value, step=best.step)}{kept}</div>"
+
+
 def _nothing(header: str) -> dict[str, Any]:
     hide = gr.update(visible=False)
-    return {"run.header": header, "run.progress": "", "run.chart": None, "run.log": "", "run.cancel": hide,
-            "run.download": hide, "run.merge": hide, "run.merged": hide, "run.seen": None}
+    return {"run.header": header, "run.progress": "", "run.best": "", "run.chart": None, "run.log": "",
+            "run.cancel": hide, "run.download": hide, "run.download_last": hide, "run.merge": hide,
+            "run.merged": hide, "run.seen": None}
 
 
 def draw(ctx, run_id, seen) -> dict[str, Any]:
@@ -157,19 +182,24 @@ def draw(ctx, run_id, seen) -> dict[str, Any]:
         snap = monitor.snapshot(ctx, int(run_id))
     except runs.RunNotFound as exc:
         return _nothing(f"<div class='ts-error'>{literal(exc)}</div>")
-    download = gr.update(visible=False)
+    download = download_last = gr.update(visible=False)
     if snap.run.status == "succeeded" and snap.run.adapter_path:
         try:
             download = gr.update(value=str(export.export_adapter_zip(ctx, int(run_id))), visible=True)
+            if snap.run.last_adapter_path and snap.run.last_adapter_path != snap.run.adapter_path:
+                # the best eval's adapter is the download above; the last step's stays downloadable
+                last = export.export_adapter_zip(ctx, int(run_id), last=True)
+                download_last = gr.update(value=str(last), visible=True)
         except Exception:
-            download = gr.update(visible=False)
+            download = download_last = gr.update(visible=False)
     active = snap.run.status in ("queued", "running")
     frame = snap.frame if len(snap.frame) else None
     done = snap.run.status == "succeeded" and snap.run.adapter_path is not None
     merged_path = merged.merged_zip_path(ctx, int(run_id))
     merged_button = gr.update(value=str(merged_path), visible=True) if merged_path.is_file() else hide
-    return {"run.header": _header(ctx, snap.run), "run.progress": _progress(snap.progress), "run.chart": frame,
-            "run.log": snap.log, "run.cancel": gr.update(visible=active), "run.download": download,
+    return {"run.header": _header(ctx, snap.run), "run.progress": _progress(snap.progress),
+            "run.best": best_line(snap), "run.chart": frame, "run.log": snap.log,
+            "run.cancel": gr.update(visible=active), "run.download": download, "run.download_last": download_last,
             "run.merge": gr.update(visible=done and not merged_path.is_file()), "run.merged": merged_button,
             "run.seen": key}
 
