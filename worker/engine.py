@@ -33,6 +33,7 @@ from app.data.prepare import IGNORE
 from app.data.sources import DatasetResolver, resolve_dataset_file
 from worker.best_adapter import BEST, best_dir, clear_best, replace_best
 from worker.checkpoints import CHECKPOINTS, STATE_FILE, checkpoint_dir, is_complete, prune_checkpoints
+from worker.precision import store_frozen_in, train_in_bf16
 
 if TYPE_CHECKING:
     from tuners.model import TunedModel
@@ -324,13 +325,6 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def use_bf16(setting: bool | str, device: torch.device) -> bool:
-    supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if setting is True and not supported:
-        raise SpecError("training.bf16", "bf16 autocast needs a CUDA device that supports bfloat16")
-    return supported and setting in (True, "auto")
-
-
 # ---------------------------------------------------------------------------------------------- state
 class DataOrder:
     """The order training examples are drawn in: a fresh seeded permutation each epoch and a cursor into
@@ -458,7 +452,7 @@ class TrainingRecipe:
     def setup(self) -> None:
         """Everything before the first step; every check that can fail on the spec fails here."""
         self.device = pick_device(self.training.device)
-        self.bf16 = use_bf16(self.training.bf16, self.device)
+        self.bf16 = train_in_bf16(self.training.bf16, self.device)
         seed_everything(self.training.seed)
         self._setup_tokenizer()
         self._setup_data()
@@ -515,19 +509,22 @@ class TrainingRecipe:
                                         compute_dtype=torch.bfloat16 if self.bf16 else torch.float32)
             model = quantized if quantized is not None else model
         tuned = tuners.apply(model, config)
-        tuned.to(self.device)
         self.tuned = tuned
         if tuned.method.calibrate is not None:
+            tuned.to(self.device)
             size, n = self.training.batch_size, len(self.train_data)
             calibration = [self._batch(range(i, min(i + size, n)), self.train_data)
                            for i in range(0, min(n, CALIBRATION_BATCHES * size), size)]
             self.reporter.log(f"method: calibrating {tuned.method.name} on {len(calibration)} training batches")
             tuned.method.calibrate(tuned, calibration)
+        if self.bf16:  # after calibration, which runs in fp32 outside autocast
+            store_frozen_in(tuned, torch.bfloat16)
+        tuned.to(self.device)
         trainable, total = tuned.trainable_parameters()
         self.reporter.log(
             f"method: {tuned.method.name}; trainable parameters {trainable:,} of {total:,} "
             f"({100 * trainable / max(total, 1):.3f}%) on {self.device.type}"
-            f"{' with bf16 autocast' if self.bf16 else ''}")
+            f"{' in bf16 (autocast; frozen base stored in bf16, trained tensors in fp32)' if self.bf16 else ''}")
         self.params = [p for p in tuned.parameters() if p.requires_grad]
         if not self.params:
             raise SpecError("method", "the adapter has no trainable parameters for this model")

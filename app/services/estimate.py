@@ -42,12 +42,13 @@ DQ_BLOCK = 256
 
 
 def resolve_precision(precision: str) -> str:
-    """'auto' as the engine resolves it: bf16 on a CUDA GPU that supports it, else fp32."""
+    """'auto' as the engine resolves it (app.core.devices): bf16 where the device multiplies in it (a CUDA
+    GPU that supports it, a CPU with AVX512-BF16 or AMX), else fp32."""
     if precision != "auto":
         return precision
-    import torch
+    from app.core.devices import bf16_supported, pick_device
 
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if bf16_supported(pick_device("auto")) else "fp32"
 
 
 # Per-token, per-layer activation numbers autograd keeps (see the module docstring); fitted on the

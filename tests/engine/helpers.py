@@ -66,11 +66,13 @@ def write_drug_review_slice(
 
 
 def mapping_spec(model_dir: Path, data: Path | str | int, **training) -> dict:
+    """The colours job on a tiny model. It trains in fp32 unless ``bf16`` is passed: tests that compare the
+    engine with a reference computation compare like with like (the bf16 path has tests/engine/test_bf16.py)."""
     return {
         "name": "colours",
         "model": {"name": str(model_dir)},
         "data": {"dataset": str(data) if isinstance(data, Path) else data, "max_length": 32, "val_fraction": 0.2},
         "method": {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj", "up_proj", "down_proj", "lm_head"]},
         "training": {"max_steps": 40, "batch_size": 8, "learning_rate": 0.02, "warmup_steps": 2,
-                     "eval_every": 10, "seed": 3, **training},
+                     "eval_every": 10, "seed": 3, "bf16": False, **training},
     }

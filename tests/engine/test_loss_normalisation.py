@@ -42,7 +42,7 @@ def bert_recipe(tmp_path_factory):
         "name": "moods", "model": {"name": str(save_tiny_model(root / "bert", "bert", "SEQ_CLS"))},
         "data": {"dataset": str(data), "shape": "classification", "max_length": 64, "val_fraction": 0.25},
         "method": {"peft_type": "LORA", "target_modules": "attention"},
-        "training": {"max_steps": 1, "batch_size": 4, "seed": 0},
+        "training": {"max_steps": 1, "batch_size": 4, "seed": 0, "bf16": False},  # compared with fp32 references
     }
     recipe = TrainingRecipe(RunSpec.from_dict(spec), root / "out", MemoryReporter(), root / "models")
     recipe.setup()

@@ -182,10 +182,8 @@ def test_human_bytes_uses_binary_units():
 
 
 def test_automatic_precision_is_what_the_engine_picks_on_this_machine():
-    import torch
-
+    from app.core.devices import bf16_supported, pick_device
     from app.services.estimate import resolve_precision
 
-    cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    assert resolve_precision("auto") == ("bf16" if cuda_bf16 else "fp32")
+    assert resolve_precision("auto") == ("bf16" if bf16_supported(pick_device("auto")) else "fp32")
     assert resolve_precision("bf16") == "bf16"
