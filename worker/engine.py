@@ -33,6 +33,7 @@ from app.data.prepare import IGNORE
 from app.data.sources import DatasetResolver, resolve_dataset_file
 from worker.best_adapter import BEST, best_dir, clear_best, replace_best
 from worker.checkpoints import CHECKPOINTS, STATE_FILE, checkpoint_dir, is_complete, prune_checkpoints
+from worker.loss import chunked_lm_loss, head_detached, hidden_loss_breaks
 from worker.precision import store_frozen_in, train_in_bf16
 
 if TYPE_CHECKING:
@@ -499,6 +500,7 @@ class TrainingRecipe:
         spec = self.spec
         model = load_model(self.model_ref, self.task, self.tokenizer, spec.model.trust_remote_code,
                            self.label_names)
+        self._choose_loss(model)
         config = tuners.config_from_dict(spec.adapter_config_dict(self.task)).for_run(self.total_steps)
         config.validate()
         if config.base_model_name_or_path is None:
@@ -632,7 +634,7 @@ class TrainingRecipe:
         loss_sum = 0.0
         for batch in micro_batches:
             with self._autocast():
-                summed = summed_loss(self.tuned(**self._model_inputs(batch)).logits, batch["labels"], self.task)
+                summed = self._summed_loss(batch)
             self._check_finite(summed, step)
             (summed / total).backward()
             loss_sum += float(summed.detach())
@@ -650,10 +652,42 @@ class TrainingRecipe:
     def epoch(self) -> float:
         return (self.state.step * self.training.grad_accum * self.training.batch_size) / len(self.train_data)
 
-    def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         """The model scores nothing itself (the engine's loss does); a seq2seq model still needs its labels
-        to build the decoder's inputs."""
-        return batch if self.task == "SEQ_2_SEQ_LM" else {k: v for k, v in batch.items() if k != "labels"}
+        to build the decoder's inputs. A causal LM keeps no KV cache while training (it would hold every
+        layer's keys and values for nothing)."""
+        if self.task == "SEQ_2_SEQ_LM":
+            return batch
+        inputs: dict[str, Any] = {k: v for k, v in batch.items() if k != "labels"}
+        if self.task == "CAUSAL_LM":
+            inputs["use_cache"] = False
+        return inputs
+
+    def _choose_loss(self, model: torch.nn.Module) -> None:
+        """A causal LM's loss comes from its last hidden states, the output head applied to the target
+        positions only, a chunk at a time (worker.loss): full logits in fp32 are never held. Checked once
+        on the fp32 base; a model whose logits are more than its head's output keeps the plain loss."""
+        self.hidden_loss = False
+        if self.task != "CAUSAL_LM":
+            return
+        reason = hidden_loss_breaks(model, self.train_data[0]["input_ids"][:16])
+        if reason is not None:
+            self.reporter.log(f"speed: the loss is computed from full logits: {reason}")
+            return
+        self.hidden_loss = True
+        self.reporter.log("speed: the loss is computed from the last hidden states, the output head applied to "
+                          "the target positions only, a chunk at a time (no full logits)")
+
+    def _summed_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The batch's loss summed over its targets (see :func:`summed_loss`), from the hidden states where
+        :meth:`_choose_loss` allowed it. Hidden states of a soft prompt's virtual positions are dropped:
+        the same targets for every method, as :func:`predictions` takes them."""
+        inputs, labels = self._model_inputs(batch), batch["labels"]
+        if not self.hidden_loss:
+            return summed_loss(self.tuned(**inputs).logits, labels, self.task)
+        with head_detached(self.tuned.model) as head:
+            hidden = self.tuned(**inputs).logits
+        return chunked_lm_loss(hidden[:, -labels.shape[1]:], labels, head)[0]
 
     def _check_finite(self, loss: torch.Tensor, step: int | None) -> None:
         if not torch.isfinite(loss):
@@ -709,11 +743,14 @@ class TrainingRecipe:
         ordered = sorted(indices, key=lambda i: len(self.eval_data[i]["input_ids"]))
         for start in range(0, len(ordered), self.training.batch_size):
             batch = self._batch(ordered[start : start + self.training.batch_size], self.eval_data)
-            logits = self.tuned(**self._model_inputs(batch)).logits
             labels = batch["labels"]
-            sums.loss_sum += float(summed_loss(logits, labels, self.task))
             sums.targets += target_count(labels, self.task)
             sums.examples += len(labels)
+            if not self.metrics:  # the loss alone: from the hidden states where the model allows it
+                sums.loss_sum += float(self._summed_loss(batch))
+                continue
+            logits = self.tuned(**self._model_inputs(batch)).logits
+            sums.loss_sum += float(summed_loss(logits, labels, self.task))
             scores, targets = predictions(logits, labels, self.task)
             for metric in self.metrics:
                 total, count = metric.measure(scores, targets)

@@ -11,6 +11,9 @@ tokens of a whole optimizer step (gradient accumulation), as evaluation does.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,3 +59,46 @@ def chunked_lm_loss(
         else:
             total = total + _chunk_loss(rows[piece], targets[piece], head)
     return total, count
+
+
+@contextmanager
+def head_detached(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside, ``model``'s forward returns its last hidden states where its logits were (the output head is
+    an identity); yields the real head (adapter-wrapped, if an adapter targets it) for
+    :func:`chunked_lm_loss`. The head is back in place on leaving, also after an error."""
+    head = model.get_output_embeddings()
+    model.set_output_embeddings(nn.Identity())
+    try:
+        yield head
+    finally:
+        model.set_output_embeddings(head)
+
+
+def hidden_loss_breaks(model: nn.Module, ids: Sequence[int]) -> str | None:
+    """Why the loss cannot be computed from ``model``'s hidden states, or None when it can: its logits must
+    be exactly its output head applied to what its forward returns with the head detached. Models that
+    scale or soft-cap their logits after the head (Gemma 2's final_logit_softcapping, Cohere's
+    logit_scale, Granite's logits_scaling), or that do not call their head as a module, fail the check.
+    Run on the fp32 base, so a mismatch is the model's and not rounding."""
+    if model.get_output_embeddings() is None:
+        return "the model has no output head to detach"
+    inputs = torch.tensor([list(ids)], device=next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=inputs, use_cache=False).logits
+            with head_detached(model) as head:
+                hidden = model(input_ids=inputs, use_cache=False).logits
+            rebuilt = head(hidden)
+    except RuntimeError:  # what came back was not hidden states: the head was not called as a module
+        rebuilt = None
+    finally:
+        model.train(was_training)
+    if rebuilt is None or rebuilt.shape != logits.shape:
+        return "its forward does not call its output head as a module"
+    # The same fp32 ops on the same values: equal but for a soft-cap or scale (tiny on small logits).
+    scale = float(logits.abs().max()) or 1.0
+    if float((rebuilt - logits).abs().max()) / scale > 1e-6:
+        return "it transforms its logits after the output head (soft-capping or scaling)"
+    return None
