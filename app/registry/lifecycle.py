@@ -103,11 +103,12 @@ def requeue_run(session: Session, run_id: int, reason: str, max_attempts: int) -
     run = session.get(Run, run_id, populate_existing=True)
     if run is None or run.status not in ("running", "cancelling"):
         return False
-    if run.status == "running" and run.attempt < max_attempts:
-        session.execute(update(Run).where(Run.id == run_id, Run.status == "running", Run.attempt == run.attempt)
-                        .values(**_requeue_values(run.attempt)))
+    attempt = run.attempt  # read before the UPDATE, which refreshes ``run`` in the session
+    if run.status == "running" and attempt < max_attempts:
+        session.execute(update(Run).where(Run.id == run_id, Run.status == "running", Run.attempt == attempt)
+                        .values(**_requeue_values(attempt)))
         session.add(LogLine(run_id=run_id, level="warn", message=REQUEUED.format(
-            reason=reason, attempt=run.attempt + 1, attempts=max_attempts)))
+            reason=reason, attempt=attempt + 1, attempts=max_attempts)))
         session.commit()
         return True
     final = "cancelled" if run.status == "cancelling" else "failed"
@@ -137,9 +138,11 @@ def _requeue_values(attempt) -> dict:
 
 def mark_resumed(session: Session, run_id: int, step: int) -> None:
     """This attempt began at the checkpoint of ``step``: what the interrupted attempt logged after it
-    is dropped, so the run's history is the one an uninterrupted run would have."""
+    is dropped, so the run's history is the one an uninterrupted run would have. Step 0 is starting
+    over (no checkpoint): everything goes, the step-0 eval too, since the attempt evaluates again."""
     session.execute(update(Run).where(Run.id == run_id).values(resumed_from_step=step, step=step))
-    session.query(MetricPoint).filter(MetricPoint.run_id == run_id, MetricPoint.step > step).delete()
+    after = MetricPoint.step > step if step > 0 else MetricPoint.step >= 0
+    session.query(MetricPoint).filter(MetricPoint.run_id == run_id, after).delete()
     session.commit()
 
 

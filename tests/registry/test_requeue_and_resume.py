@@ -76,7 +76,8 @@ def test_a_stopping_worker_gives_its_run_back_once_then_the_run_fails(ctx):
         assert requeue_run(s, run_id, "worker stopping (SIGTERM): checkpoint at step 7", ctx.settings.max_attempts)
     run = get_run(ctx, run_id)
     assert (run.status, run.attempt) == ("queued", 2)
-    assert _log(ctx, run_id)[-1].startswith("worker stopping (SIGTERM): checkpoint at step 7; re-queued")
+    assert _log(ctx, run_id)[-1] == ("worker stopping (SIGTERM): checkpoint at step 7; re-queued to resume from "
+                                     "its last checkpoint (attempt 2 of 2)")
     with ctx.session() as s:
         assert claim_run(s, run_id, "host-b")
         assert heartbeat(s, run_id) == "running"
@@ -94,6 +95,17 @@ def test_a_resumed_attempt_drops_what_the_interrupted_one_logged_after_its_check
     assert [p.step for p in metrics(ctx, run_id)] == [1, 2]
     run = get_run(ctx, run_id)
     assert (run.resumed_from_step, run.step) == (2, 2)
+
+
+def test_an_attempt_that_starts_over_drops_the_whole_history_the_step_0_eval_too(ctx):
+    run_id = _running(ctx)
+    with ctx.session() as s:
+        s.add_all([MetricPoint(run_id=run_id, step=0, epoch=0.0, split="eval", loss=2.0),
+                   MetricPoint(run_id=run_id, step=1, epoch=0.1, split="train", loss=1.0)])
+        s.commit()
+        mark_resumed(s, run_id, 0)
+    assert metrics(ctx, run_id) == []
+    assert get_run(ctx, run_id).resumed_from_step == 0
 
 
 def test_a_person_resumes_a_failed_run_with_more_steps_but_never_a_running_or_finished_one(ctx):
