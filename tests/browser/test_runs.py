@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 
 from app.core.settings import Settings
 from app.core.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
-from app.registry.models import LogLine, MetricPoint, Run, utcnow
+from app.registry.models import Artifact, LogLine, MetricPoint, Run, utcnow
 from app.services.context import Context
 from tests.browser.conftest import shot, tab
 from tests.browser.test_studio import LEGEND_JS, STORED_DRAFT_JS, field, legend_in_view, pick
@@ -177,8 +177,10 @@ def test_one_point_is_drawn_and_the_log_follows_its_end(page, studio):
     open_run(page, studio, run_id, "one-point")
     page.wait_for_function(f"() => ({LINE_MARKS})('run-chart').filter(m => m.points > 0).length === 3",
                            timeout=30_000)
-    assert series_points(page, "run-chart") == {"train": 1, "train (smoothed)": 1, "eval": 1}
-    assert {m["marker"] for m in page.evaluate(LINE_MARKS, "run-chart")} == {'url("#ts-point")'}
+    assert series_points(page, "run-chart") == {"train": 1, "train (smoothed)": 1, "eval": 1,
+                                                "best checkpoint": 0}  # named, no eval ranked yet
+    assert {m["marker"] for m in page.evaluate(LINE_MARKS, "run-chart")
+            if not m["label"].endswith("best checkpoint")} == {'url("#ts-point")'}  # that one: a ring (#ts-best)
     # The single eval point is visible on the plot itself (the legend, which has the colour too, hidden).
     page.evaluate("() => document.querySelectorAll('#run-chart g.role-legend').forEach(g => g.style.display = 'none')")
     assert pixels_of(page.locator("#run-chart").screenshot(), (0xEA, 0x58, 0x0C), tolerance=30) >= 20
@@ -214,3 +216,52 @@ def test_the_cancelling_message_goes_when_another_run_is_shown(page, studio):
     pick(page, "run-picker", re.compile(rf"^#{run_id} "))
     expect(page.locator("#run-header")).to_contain_text("to-cancel", timeout=30_000)
     expect(page.locator("#run-message")).to_have_text("")
+
+
+def add_adapters(home, run_id: int, folders: dict[str, tuple[str, int]]) -> None:
+    """Adapter folders as the worker leaves them (kind -> (folder under the run's, step)), registered."""
+    ctx = Context.open(Settings.from_env({"TUNESTUDIO_HOME": str(home)}))
+    try:
+        with ctx.session() as s:
+            for kind, (name, step) in folders.items():
+                folder = ctx.settings.run_dir(run_id) / name
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "adapter_model.safetensors").write_bytes(f"{kind} weights".encode())
+                s.add(Artifact(run_id=run_id, kind=kind, path=str(folder), step=step, bytes=1, sha256="0" * 64))
+            s.commit()
+    finally:
+        ctx.close()
+
+
+PATH_POINTS = """(id) => Object.fromEntries(Array.from(document.querySelectorAll(
+    '#' + id + ' path[aria-roledescription="line mark"]')).map(p => [
+        (p.getAttribute('aria-label') || '').split('series: ').pop(),
+        ((p.getAttribute('d') || '').match(/-?[\\d.]+(e-?\\d+)?,-?[\\d.]+(e-?\\d+)?/g) || [])
+            .map(xy => xy.split(',').map(Number))]))"""
+
+
+def test_the_best_eval_is_marked_on_the_chart_named_under_the_progress_and_the_last_adapter_offered(page, studio):
+    run_id = seed_run(studio.home, "best-marked", train=[(s, 3.0 - s / 20) for s in range(1, 21)],
+                      evals=[(0, 3.0), (10, 1.5), (20, 1.8)])
+    add_adapters(studio.home, run_id, {"best_adapter": ("best/step-10", 10), "adapter": ("adapter", 20)})
+    open_run(page, studio, run_id, "best-marked")
+
+    expect(page.locator("#run-best")).to_have_text("Best eval loss 1.5000 at step 10 (kept as the adapter)",
+                                                   timeout=30_000)
+    page.wait_for_function(f"() => ({LINE_MARKS})('run-chart').some(m => m.label.endsWith('best checkpoint') "
+                           "&& m.points > 0)", timeout=30_000)
+    marks = {m["label"].rsplit("series: ", 1)[-1]: m for m in page.evaluate(LINE_MARKS, "run-chart")}
+    assert marks["best checkpoint"]["points"] == 1 and marks["best checkpoint"]["marker"] == 'url("#ts-best")'
+    # the ring sits on the eval curve's middle point (step 10), not on its lowest-drawn or last one
+    points = page.evaluate(PATH_POINTS, "run-chart")
+    (x, y), = points["best checkpoint"]
+    eval_points = points["eval"]
+    assert len(eval_points) == 3 and abs(x - eval_points[1][0]) < 0.5 and abs(y - eval_points[1][1]) < 0.5
+    # drawn: the ring's green shows on the plot itself (the legend, which has the colour too, hidden)
+    page.evaluate("() => document.querySelectorAll('#run-chart g.role-legend').forEach(g => g.style.display = 'none')")
+    assert pixels_of(page.locator("#run-chart").screenshot(), (0x04, 0x78, 0x57), tolerance=40) >= 20
+    page.evaluate("() => document.querySelectorAll('#run-chart g.role-legend').forEach(g => g.style.display = '')")
+
+    expect(page.locator("#run-download")).to_be_visible()
+    expect(page.locator("#run-download-last")).to_be_visible()
+    shot(page, "run-best-marker")
