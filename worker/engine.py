@@ -34,6 +34,7 @@ from app.data.sources import DatasetResolver, resolve_dataset_file
 from worker.best_adapter import BEST, best_dir, clear_best, replace_best
 from worker.checkpoints import CHECKPOINTS, STATE_FILE, checkpoint_dir, is_complete, prune_checkpoints
 from worker.loss import chunked_lm_loss, head_detached, hidden_loss_breaks
+from worker.packing import REAL_TOKENS, pack_batch, packing_breaks, real_tokens
 from worker.precision import store_frozen_in, train_in_bf16
 
 if TYPE_CHECKING:
@@ -505,6 +506,7 @@ class TrainingRecipe:
         config.validate()
         if config.base_model_name_or_path is None:
             config = config.replace(base_model_name_or_path=spec.model.name)
+        self._choose_batches(model, tuners.method_for(config))
         if spec.model.precision != "full":
             bits = 4 if spec.model.precision == "nf4" else 8
             quantized = tuners.quantize(model, bits=bits, double_quant=spec.model.double_quant,
@@ -515,7 +517,7 @@ class TrainingRecipe:
         if tuned.method.calibrate is not None:
             tuned.to(self.device)
             size, n = self.training.batch_size, len(self.train_data)
-            calibration = [self._batch(range(i, min(i + size, n)), self.train_data)
+            calibration = [self._batch(range(i, min(i + size, n)), self.train_data, packed=False)
                            for i in range(0, min(n, CALIBRATION_BATCHES * size), size)]
             self.reporter.log(f"method: calibrating {tuned.method.name} on {len(calibration)} training batches")
             tuned.method.calibrate(tuned, calibration)
@@ -573,7 +575,7 @@ class TrainingRecipe:
             if self.reporter.preempted():
                 raise Preempted(state.step, self.checkpoint() if state.step else None)
             micro_batches = [self._batch(state.data.take(t.batch_size), self.train_data) for _ in range(t.grad_accum)]
-            window_tokens += sum(int(b["attention_mask"].sum()) for b in micro_batches)
+            window_tokens += sum(real_tokens(b) for b in micro_batches)
             loss = self.forward_backward(micro_batches, step=state.step + 1)
             grad_norm = _grad_norm(self.params, t.max_grad_norm)
             lr = self.scheduler.get_last_lr()[0]
@@ -658,7 +660,7 @@ class TrainingRecipe:
         layer's keys and values for nothing)."""
         if self.task == "SEQ_2_SEQ_LM":
             return batch
-        inputs: dict[str, Any] = {k: v for k, v in batch.items() if k != "labels"}
+        inputs: dict[str, Any] = {k: v for k, v in batch.items() if k not in ("labels", REAL_TOKENS)}
         if self.task == "CAUSAL_LM":
             inputs["use_cache"] = False
         return inputs
@@ -678,6 +680,28 @@ class TrainingRecipe:
         self.reporter.log("speed: the loss is computed from the last hidden states, the output head applied to "
                           "the target positions only, a chunk at a time (no full logits)")
 
+    def _choose_batches(self, model: torch.nn.Module, method: Any) -> None:
+        """A causal LM trains (and evaluates) on padding-free batches (worker.packing): each micro-batch's
+        examples end to end in rows of up to ``max_length`` tokens, each attending only to itself. Checked
+        once on the fp32 base; methods that put virtual tokens or a prefix before every example, and
+        models whose attention does not read restarting position ids as boundaries, pad instead."""
+        self.packed = False
+        if self.task != "CAUSAL_LM":
+            return
+        limit = self.spec.data.max_length
+        self.row_width = min(limit, self.max_positions) if self.max_positions else limit
+        if method.forward is not None:
+            reason = f"{method.name} puts its own tokens before every example, which packed examples cannot share"
+        else:
+            n = len(self.train_data)
+            reason = packing_breaks(model, self.train_data[0]["input_ids"], self.train_data[1 % n]["input_ids"])
+        if reason is not None:
+            self.reporter.log(f"speed: padded batches: {reason}")
+            return
+        self.packed = True
+        self.reporter.log(f"speed: padding-free batches: each micro-batch's examples end to end in rows of up to "
+                          f"{self.row_width} tokens, each example attending only to itself")
+
     def _summed_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The batch's loss summed over its targets (see :func:`summed_loss`), from the hidden states where
         :meth:`_choose_loss` allowed it. Hidden states of a soft prompt's virtual positions are dropped:
@@ -694,10 +718,15 @@ class TrainingRecipe:
             raise SpecError("training.learning_rate", f"the loss became {float(loss)} at step {step}; "
                                                      "lower the learning rate")
 
-    def _batch(self, indices: Sequence[int], split: Any) -> dict[str, torch.Tensor]:
-        """The examples at ``indices`` of a prepared split, collated and on the device."""
-        batch = collate([split[i] for i in indices], self.pad_id)
-        return {k: v.to(self.device) for k, v in batch.items()}
+    def _batch(self, indices: Sequence[int], split: Any, packed: bool | None = None) -> dict[str, Any]:
+        """The examples at ``indices`` of a prepared split, collated (packed where the run packs, see
+        :meth:`_choose_batches`, unless ``packed`` says otherwise) and on the device."""
+        examples = [split[i] for i in indices]
+        if self.packed if packed is None else packed:
+            batch = pack_batch(examples, self.pad_id, self.row_width)
+        else:
+            batch = collate(examples, self.pad_id)
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -742,10 +771,11 @@ class TrainingRecipe:
         sums = _EvalSums(totals={m.name: (0.0, 0) for m in self.metrics})
         ordered = sorted(indices, key=lambda i: len(self.eval_data[i]["input_ids"]))
         for start in range(0, len(ordered), self.training.batch_size):
-            batch = self._batch(ordered[start : start + self.training.batch_size], self.eval_data)
+            chunk = ordered[start : start + self.training.batch_size]
+            batch = self._batch(chunk, self.eval_data)
             labels = batch["labels"]
             sums.targets += target_count(labels, self.task)
-            sums.examples += len(labels)
+            sums.examples += len(chunk)
             if not self.metrics:  # the loss alone: from the hidden states where the model allows it
                 sums.loss_sum += float(self._summed_loss(batch))
                 continue

@@ -36,11 +36,11 @@ __all__ = ["IGNORE", "PREPARE_VERSION", "Prepared", "PrepareOptions", "Tokenized
 
 # Part of every cache key (app.data.cache): bump it whenever the examples made from the same data and
 # options change, so no run trains on examples an older version prepared.
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2  # 2: packed blocks carry position_ids restarting at each example
 MAP_BATCH = 1000
 _LISTED = 100  # truncated/dropped rows listed by number; the counts are always complete
 _PACKED_FEATURES = Features({"input_ids": List(Value("int32")), "attention_mask": List(Value("int8")),
-                             "labels": List(Value("int32"))})
+                             "labels": List(Value("int32")), "position_ids": List(Value("int32"))})
 
 
 @dataclass
@@ -123,7 +123,8 @@ def _split(indices: list[int], fraction: float, seed: int) -> tuple[list[int], l
 
 
 def _blocks(examples: Iterable[dict], max_length: int) -> Iterator[dict]:
-    """Greedy, in order: whole examples share a block while they fit; none is ever split."""
+    """Greedy, in order: whole examples share a block while they fit; none is ever split. A block's
+    ``position_ids`` restart at 0 at each of its examples, which is how the engine tells them apart."""
     current: dict | None = None
     for ex in examples:
         if current is not None and len(current["input_ids"]) + len(ex["input_ids"]) <= max_length:
@@ -133,6 +134,8 @@ def _blocks(examples: Iterable[dict], max_length: int) -> Iterator[dict]:
             if current is not None:
                 yield current
             current = {k: list(ex[k]) for k in ("input_ids", "attention_mask", "labels")}
+            current["position_ids"] = []
+        current["position_ids"].extend(range(len(ex["input_ids"])))
     if current is not None:
         yield current
 
@@ -140,8 +143,8 @@ def _blocks(examples: Iterable[dict], max_length: int) -> Iterator[dict]:
 def pack(examples: Iterable[dict], max_length: int) -> list[dict]:
     """Pack examples into blocks of at most ``max_length`` tokens (see :func:`_blocks`).
 
-    Attention is not reset between the examples of a block (no position-id tricks), which is the
-    common trade-off for throughput; see docs/data.md.
+    Where the engine trains padding-free (worker.packing) each example of a block attends only to
+    itself and predicts nothing of the next; where it pads, a block is one sequence; see docs/data.md.
     """
     return list(_blocks(examples, max_length))
 
@@ -230,7 +233,7 @@ def open_split(folder: Path, layout: dict) -> Dataset:
 def _pack_dataset(train: Dataset, max_length: int, path: Path | None) -> Dataset:
     writer = BatchWriter(path, _PACKED_FEATURES, batch_rows=1024)
     for block in _blocks(ExampleSet(train), max_length):
-        writer.add(block["input_ids"], block["attention_mask"], block["labels"])
+        writer.add(block["input_ids"], block["attention_mask"], block["labels"], block["position_ids"])
     return writer.finish()
 
 

@@ -55,6 +55,11 @@ def test_packing_keeps_every_token_and_respects_max_length(tmp_path):
     assert sum((b["input_ids"] for b in packed.train), []) == sum((e["input_ids"] for e in plain.train), [])
     assert sum((b["labels"] for b in packed.train), []) == sum((e["labels"] for e in plain.train), [])
     assert packed.stats["blocks"] == len(packed.train)
+    # position ids restart at each example of a block: the engine's boundaries between them
+    starts = [[i for i, p in enumerate(b["position_ids"]) if p == 0] for b in packed.train]
+    lengths = [b - a for s, block in zip(starts, packed.train, strict=True)
+               for a, b in zip(s, [*s[1:], len(block["input_ids"])], strict=True)]
+    assert lengths == [len(e["input_ids"]) for e in plain.train]
 
 
 def test_seeded_split_is_reproducible_and_disjoint(tmp_path):
