@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 BEFORE = {"rows_per_s": 763, "seconds": 262, "rows": 200_000, "mb": 83, "peak_rss_gb": 1.95}
 ISSUE_ROW_BYTES = 415
+GENERATOR_VERSION = 2
 STAGES = ("baseline", "ceiling", "read", "validate", "prepare", "again")
 CEILING_ROWS = 50_000
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -84,14 +85,15 @@ def generate(path: Path, size: int, max_rows: int, seed: int = 0) -> dict:
     meta = path.with_suffix(".json")
     if path.is_file() and meta.is_file():
         info = json.loads(meta.read_text())
-        if info.get("size") == size and info.get("row_bytes") == row_bytes and info.get("seed") == seed:
+        if info.get("size") == size and info.get("row_bytes") == row_bytes and info.get("seed") == seed \
+                and info.get("version") == GENERATOR_VERSION:
             return info
     rng = random.Random(seed)
     sentences = [" ".join(rng.choices(_WORDS, k=rng.randint(6, 18))).capitalize() + "." for _ in range(20_000)]
     chunks = [" ".join(rng.choices(sentences, k=3)) for _ in range(50_000)]  # about 250 characters each
 
     def text(chars: int) -> str:
-        return " ".join(rng.choices(chunks, k=max(1, round(chars / 250))))[: max(chars, 20)]
+        return " ".join(rng.choices(chunks, k=chars // 200 + 1))[: max(chars, 20)]
 
     tmp = path.with_suffix(".tmp")
     written, rows, recent = 0, 0, []
@@ -100,9 +102,9 @@ def generate(path: Path, size: int, max_rows: int, seed: int = 0) -> dict:
             if recent and rng.random() < 0.01:
                 line = rng.choice(recent)
             else:
-                budget = max(60, int(rng.gauss(row_bytes, row_bytes * 0.35)) - 45)
-                row = {"instruction": text(budget // 4), "input": text(budget // 8) if rng.random() < 0.4 else "",
-                       "output": text(budget // 2)}
+                budget = max(60, int(rng.gauss(row_bytes, row_bytes * 0.35)) - 45)  # 45: the keys and quotes
+                row = {"instruction": text(budget * 3 // 10), "input": text(budget // 5) if rng.random() < 0.4 else "",
+                       "output": text(budget * 62 // 100)}
                 line = json.dumps(row) + "\n"
                 recent = (recent + [line])[-1000:]
             if written + len(line) > size:
@@ -111,7 +113,8 @@ def generate(path: Path, size: int, max_rows: int, seed: int = 0) -> dict:
             written += len(line)
             rows += 1
     os.replace(tmp, path)
-    info = {"size": size, "bytes": written, "rows": rows, "row_bytes": row_bytes, "seed": seed}
+    info = {"size": size, "bytes": written, "rows": rows, "row_bytes": row_bytes, "seed": seed,
+            "version": GENERATOR_VERSION}
     meta.write_text(json.dumps(info))
     return info
 
@@ -274,7 +277,11 @@ def main() -> None:
     print(table(results))
     out = ROOT / "bench" / "results" / "data_scale.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"before": BEFORE, "results": results}, indent=1, default=str))
+    measured = {r["size"] for r in results}
+    kept = json.loads(out.read_text())["results"] if out.is_file() else []  # other sizes' last figures stay
+    every = [r for r in kept if r["size"] not in measured] + results
+    out.write_text(json.dumps({"before": BEFORE, "results": sorted(every, key=lambda r: r["size"])}, indent=1,
+                              default=str))
     print(f"\nwritten to {out}")
 
 
