@@ -36,6 +36,7 @@ from worker.checkpoints import CHECKPOINTS, STATE_FILE, checkpoint_dir, is_compl
 from worker.loss import chunked_lm_loss, head_detached, hidden_loss_breaks
 from worker.packing import REAL_TOKENS, pack_batch, packing_breaks, real_tokens
 from worker.precision import store_frozen_in, train_in_bf16
+from worker.prefetch import Batch, Prefetcher
 
 if TYPE_CHECKING:
     from tuners.model import TunedModel
@@ -348,6 +349,17 @@ class DataOrder:
         self.cursor += count
         return indices
 
+    def peek(self, count: int, times: int = 1) -> list[list[int]] | None:
+        """What the next ``times`` calls of ``take(count)`` will return, without taking them; None when they
+        reach past this epoch's permutation (the next one is drawn only when taken)."""
+        cursor, upcoming = self.cursor, []
+        for _ in range(times):
+            if cursor >= len(self.order):
+                return None
+            upcoming.append(self.order[cursor : cursor + count])
+            cursor += count
+        return upcoming
+
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(), "order": torch.tensor(self.order, dtype=torch.long),
                 "cursor": self.cursor, "epochs_begun": self.epochs_begun, "size": self.size}
@@ -567,6 +579,7 @@ class TrainingRecipe:
             self.evaluate()
         window_tokens, window_start = 0, time.perf_counter()
         self.last_checkpoint_at = time.monotonic()
+        self.prefetcher = Prefetcher(lambda indices: self._batch(indices, self.train_data))
         while state.step < self.total_steps:
             if self.reporter.should_stop():
                 if state.step:  # so resuming a cancelled run loses nothing
@@ -574,7 +587,7 @@ class TrainingRecipe:
                 raise Cancelled(f"cancelled at step {state.step}")
             if self.reporter.preempted():
                 raise Preempted(state.step, self.checkpoint() if state.step else None)
-            micro_batches = [self._batch(state.data.take(t.batch_size), self.train_data) for _ in range(t.grad_accum)]
+            micro_batches = self._next_batches()
             window_tokens += sum(real_tokens(b) for b in micro_batches)
             loss = self.forward_backward(micro_batches, step=state.step + 1)
             grad_norm = _grad_norm(self.params, t.max_grad_norm)
@@ -601,6 +614,15 @@ class TrainingRecipe:
                     break
             if step != self.total_steps and self._checkpoint_due(step):
                 self.checkpoint()
+
+    def _next_batches(self) -> list[Batch]:
+        """This step's micro-batches (collated during the previous step where their examples were known
+        then, worker.prefetch) and, while this step trains, the next step's in the background."""
+        t, data = self.training, self.state.data
+        batches = self.prefetcher.batches([data.take(t.batch_size) for _ in range(t.grad_accum)])
+        if self.state.step + 1 < self.total_steps:  # this step is state.step + 1; is there one after it?
+            self.prefetcher.schedule(data.peek(t.batch_size, t.grad_accum))
+        return batches
 
     def _checkpoint_due(self, step: int) -> bool:
         """Every ``checkpoint_every`` steps, and once ``checkpoint_minutes`` of training passed since the
