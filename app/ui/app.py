@@ -449,7 +449,7 @@ def _wire_runs(ctx, demo, e: Elements, open_in_wizard) -> None:
 
 
 def _wire_datasets(ctx, e: Elements) -> None:
-    listed = dict(fn=lambda: e.updates(datasets_tab.listing(ctx)), inputs=None,
+    listed = dict(fn=lambda current: e.updates(datasets_tab.listing(ctx, current)), inputs=e["datasets.selected"],
                   outputs=e.of("datasets.table", "datasets.selected"))
     # Read afresh whenever the tab is opened: uploads and runs change what it shows.
     e["page.tab.datasets"].select(**listed, api_visibility="private")

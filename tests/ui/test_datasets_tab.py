@@ -74,6 +74,8 @@ def test_the_list_says_size_on_disk_and_which_runs_read_each_dataset(ctx, tmp_pa
     assert (rows[big.id]["name"], rows[big.id]["rows"], rows[big.id]["shape"]) == ("big.csv", 400, "classification")
     choices = datasets_tab.listing(ctx)["datasets.selected"].choices
     assert [value for _, value in choices] == [big.id, small.id]
+    assert datasets_tab.listing(ctx, small.id)["datasets.selected"].value == small.id  # a pick is kept
+    assert datasets_tab.listing(ctx, 999)["datasets.selected"].value is None
 
 
 def test_delete_is_refused_in_the_clis_words_while_a_run_reads_the_dataset(ctx, home, tmp_path):

@@ -43,14 +43,17 @@ def _runs_cell(usage: datasets.DatasetUsage) -> str:
     return ", ".join(f"#{r.run_id} {r.status}" for r in usage.runs) or "–"
 
 
-def listing(ctx) -> dict[str, Any]:
-    """``datasets.table`` (one row per registered dataset, newest first) and ``datasets.selected``'s choices."""
+def listing(ctx, current: Any = None) -> dict[str, Any]:
+    """``datasets.table`` (one row per registered dataset, newest first) and ``datasets.selected``'s choices,
+    the ``current`` pick kept while it still exists (a refused delete leaves it picked)."""
     usages = datasets.dataset_usage(ctx)
     rows = [[u.dataset.id, u.dataset.name, u.dataset.format, u.dataset.rows, u.dataset.shape or "–",
              human_bytes(u.disk_bytes), _runs_cell(u), f"{u.dataset.created_at:%Y-%m-%d %H:%M}"] for u in usages]
     choices = [(f"#{u.dataset.id} {u.dataset.name} ({human_bytes(u.disk_bytes)})", u.dataset.id) for u in usages]
+    ids = [value for _, value in choices]
+    kept = int(current) if current not in (None, "") and int(current) in ids else None
     return {"datasets.table": pd.DataFrame(rows, columns=COLUMNS),
-            "datasets.selected": gr.Dropdown(choices=choices, value=None)}
+            "datasets.selected": gr.Dropdown(choices=choices, value=kept)}
 
 
 def delete(ctx, dataset_id, confirmed: bool) -> str:
