@@ -42,8 +42,10 @@ def config_json(config: AdapterConfig) -> str:
     return json.dumps(config.to_dict(peft_fields_only=fields_only), indent=2, sort_keys=True)
 
 
-def save_adapter(tuned: TunedModel, adapter_name: str, path: Path, extra_files: dict[str, str]) -> Path:
-    """Write the folder next to ``path`` and swap it in, so readers see the old folder or the new one."""
+def save_adapter(tuned: TunedModel, adapter_name: str, path: Path, extra_files: dict[str, str],
+                 card_notes: dict[str, str] | None = None) -> Path:
+    """Write the folder next to ``path`` and swap it in, so readers see the old folder or the new one.
+    ``card_notes`` are the caller's own model-card sections (title -> Markdown), after the method's."""
     for name in extra_files:
         if Path(name).name != name or name in (".", "..") or name in RESERVED_NAMES:
             raise ValueError(f"extra file name {name!r} must be a plain file name other than {RESERVED_NAMES}")
@@ -58,7 +60,7 @@ def save_adapter(tuned: TunedModel, adapter_name: str, path: Path, extra_files: 
     try:
         save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
         (staging / CONFIG_NAME).write_text(config_json(config) + "\n")
-        (staging / CARD_NAME).write_text(model_card(tuned, adapter_name))
+        (staging / CARD_NAME).write_text(model_card(tuned, adapter_name, card_notes))
         for name, text in extra_files.items():
             (staging / name).write_text(text)
         if path.exists():
@@ -106,7 +108,7 @@ def read_adapter(path: Path) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
         raise ConfigError(f"{weights}: not a readable safetensors file ({exc})") from exc
 
 
-def model_card(tuned: TunedModel, adapter_name: str) -> str:
+def model_card(tuned: TunedModel, adapter_name: str, notes: dict[str, str] | None = None) -> str:
     config = tuned.configs[adapter_name]
     method = method_for(config)
     trainable = sum(p.numel() for p in tuned.adapter_parameters(adapter_name).values())
@@ -114,6 +116,7 @@ def model_card(tuned: TunedModel, adapter_name: str) -> str:
     base = config.base_model_name_or_path or "the base model"
     targets = config.target_modules if config.target_modules is not None else "(whole model)"
     peft_ok, reason = method.peft_loads(tuned, adapter_name)
+    sections = "".join(f"\n## {title}\n\n{text}\n" for title, text in (notes or {}).items())
     loader = (
         "from peft import PeftModel\nmodel = PeftModel.from_pretrained(base_model, \"path/to/this/folder\")\n"
         if peft_ok
@@ -128,7 +131,7 @@ tags: [tunestudio, {method.peft_type.lower()}]
 
 Trained with TuneStudio. Method: **{method.name}** ({method.family}), task `{config.task_type}`.
 Target modules: `{targets}`. Trainable parameters: {trainable:,} of {total:,}.
-
+{sections}
 ## Load
 
 ```python

@@ -349,15 +349,17 @@ class TunedModel(nn.Module):
         return found
 
     def save_pretrained(
-        self, path: str | Path, adapter_name: str | None = None, extra_files: dict[str, str] | None = None
+        self, path: str | Path, adapter_name: str | None = None, extra_files: dict[str, str] | None = None,
+        card_notes: dict[str, str] | None = None,
     ) -> Path:
-        """Write the adapter folder (peft layout + model card + any ``extra_files`` such as the run config)."""
+        """Write the adapter folder (peft layout + model card + any ``extra_files`` such as the run config);
+        ``card_notes`` (title -> Markdown) are sections of the caller's own in the model card."""
         from tuners.io import save_adapter
 
         adapter_name = adapter_name or self.active_adapter
         if adapter_name is None:
             raise RuntimeError("no adapter to save")
-        return save_adapter(self, adapter_name, Path(path), extra_files or {})
+        return save_adapter(self, adapter_name, Path(path), extra_files or {}, card_notes)
 
     def load_adapter(self, path: str | Path, adapter_name: str, is_trainable: bool = False) -> None:
         from tuners.io import read_adapter

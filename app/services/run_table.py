@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.core import recipe
 from app.core.refs import dataset_id_of
-from app.services import datasets, monitor, recipe, runs
+from app.services import datasets, monitor, runs
 from app.services.context import Context
 
 COLUMNS = ["id", "name", "status", "model", "recipe", "dataset", "best eval loss", "duration"]
@@ -46,7 +47,7 @@ def run_rows(ctx: Context, status: str | None = None, text: str | None = None) -
 
 
 def run_recipe(run: runs.RunView) -> str:
-    """The run's recipe (app.services.recipe); the bare method name for a spec without a method section."""
+    """The run's recipe (app.core.recipe); the bare method name for a spec without a method section."""
     return recipe.recipe(run.spec) if run.spec.get("method") else run.method
 
 

@@ -53,8 +53,8 @@ def test_filters_by_status_and_text(ctx):
 
 
 def test_recipe_names_variant_quantization_and_key_numbers():
+    from app.core.recipe import method_label, recipe
     from app.core.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
-    from app.services.recipe import method_label, recipe
 
     spec = RunSpec(name="x", model=ModelSpec(name="org/m", precision="nf4"), data=DataSpec(dataset="a.csv"),
                    method={"peft_type": "LORA", "r": 16, "lora_alpha": 32, "use_dora": True, "use_rslora": True,
@@ -79,7 +79,7 @@ def test_every_method_has_a_recipe_from_its_defaults():
     import dataclasses
 
     import tuners
-    from app.services.recipe import recipe
+    from app.core.recipe import recipe
 
     for peft_type, method in tuners.METHODS.items():
         defaults = {f.name: f.default for f in dataclasses.fields(method.config_cls)

@@ -11,7 +11,8 @@ from typing import Any
 import gradio as gr
 from gradio.blocks import Block
 
-from app.services import export, merged, monitor, recipe, run_table, runs
+from app.core import recipe
+from app.services import export, merged, monitor, run_table, runs
 from app.services.estimate import human_bytes
 from app.ui.escape import literal
 from app.ui.labels import t
