@@ -34,12 +34,10 @@ from app.data.prepare import IGNORE
 from app.data.sources import DatasetResolver, resolve_dataset_file
 from worker.best_adapter import BEST, best_dir, clear_best, replace_best
 from worker.checkpoints import CHECKPOINTS, STATE_FILE, checkpoint_dir, is_complete, prune_checkpoints
-from worker.compilation import BACKEND, LENGTH_BUCKET, compile_blocks, compile_wanted
 from worker.loss import chunked_lm_loss, head_detached, hidden_loss_breaks
-from worker.packing import REAL_TOKENS, bucketed, pack_batch, packing_breaks, real_tokens
+from worker.packing import REAL_TOKENS, pack_batch, packing_breaks, real_tokens
 from worker.precision import store_frozen_in, train_in_bf16
 from worker.prefetch import Batch, Prefetcher
-from worker.recompute import enable_gradient_checkpointing
 
 if TYPE_CHECKING:
     from tuners.model import TunedModel
@@ -129,10 +127,9 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------------------- batches and loss
-def collate(examples: list[dict[str, Any]], pad_id: int, width: int = 0) -> dict[str, torch.Tensor]:
-    """Right-pad token lists into a batch (to ``width`` at least); labels pad with IGNORE (-100) so padding
-    carries no loss."""
-    width = max(width, *(len(e["input_ids"]) for e in examples))
+def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad token lists into a batch; labels pad with IGNORE (-100) so padding carries no loss."""
+    width = max(len(e["input_ids"]) for e in examples)
     batch: dict[str, torch.Tensor] = {
         "input_ids": torch.tensor(
             [list(e["input_ids"]) + [pad_id] * (width - len(e["input_ids"])) for e in examples]),
@@ -441,8 +438,6 @@ class TrainingRecipe:
 
     ``callbacks`` are asked after every eval whether to stop (:class:`EarlyStopping`); ``metrics`` are
     computed at every eval beside the loss and the task's own (:func:`default_metrics`).
-    ``data_cache_dir`` (the studio's ``Settings.data_cache_dir``) keeps the prepared data, so the next run
-    on the same data and settings tokenizes nothing; without it the data is prepared in a temporary folder.
     """
 
     def __init__(
@@ -455,11 +450,9 @@ class TrainingRecipe:
         *,
         callbacks: Sequence[EvalCallback] = (),
         metrics: Sequence[EvalMetric] = (),
-        data_cache_dir: Path | None = None,
     ) -> None:
         spec.validate()
         self.spec, self.out_dir, self.reporter, self.models_dir = spec, Path(out_dir), reporter, models_dir
-        self.data_cache_dir = data_cache_dir
         self.resolver = resolver or resolve_dataset_file
         self.callbacks = list(callbacks)
         es = spec.training
@@ -469,7 +462,6 @@ class TrainingRecipe:
         self.extra_metrics = list(metrics)
         self.training = spec.training
         self.stopped_early: str | None = None
-        self.length_bucket = 1  # batches' lengths are multiples of this (within max_length) for compiled blocks
 
     # ------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -482,7 +474,6 @@ class TrainingRecipe:
         self._setup_data()
         seed_everything(self.training.seed)
         self._setup_model()
-        self._setup_compute()
         self._setup_optimizer()
         self._setup_eval()
         t = self.training
@@ -503,10 +494,10 @@ class TrainingRecipe:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def _setup_data(self) -> None:
-        """The data stage is :func:`app.data.pipeline.prepare_for_run` (cached in ``data_cache_dir``); the
-        engine reads its splits by ``len``, ``take`` (a batch in one Arrow query) and ``lengths``."""
+        """The data stage is :func:`app.data.pipeline.prepare_for_run`; the engine reads its splits only
+        by ``len`` and index."""
         prepared, self.task = prepare_for_run(self.spec, self.tokenizer, self.resolver, self.reporter.log,
-                                              self.max_positions, cache_dir=self.data_cache_dir)
+                                              self.max_positions)
         self.train_data, self.eval_data = prepared.train, prepared.eval
         self.label_names = list(prepared.label_names) if prepared.label_names else None
         self.data_shape = prepared.stats["shape"]
@@ -559,50 +550,6 @@ class TrainingRecipe:
         if not peft_ok:
             self.reporter.log(f"method: note: {reason}; the adapter will load with TuneStudio's tuners only")
 
-    def _setup_compute(self) -> None:
-        """How a step computes, never what: gradient checkpointing (``training.gradient_checkpointing``,
-        worker.recompute) and the model's blocks compiled (``training.compile``, worker.compilation), with
-        batch lengths bucketed for them; a compile that fails falls back to eager, saying why."""
-        if self.training.gradient_checkpointing:
-            reason = enable_gradient_checkpointing(self.tuned.model)
-            if reason is None:
-                self.reporter.log("memory: gradient checkpointing: each block keeps only its input and "
-                                  "recomputes its activations in backward")
-            else:
-                self.reporter.log(f"memory: no gradient checkpointing: {reason}", "warn")
-        wanted, why = compile_wanted(self.training.compile, self.device)
-        if not wanted:
-            self.reporter.log(f"speed: the model's blocks run eager: {why}")
-            return
-        self.length_bucket = LENGTH_BUCKET
-        count, reason = compile_blocks(self.tuned.model, self._compile_trial)
-        if reason is not None:
-            self.length_bucket = 1
-            self.reporter.log(f"speed: the model's blocks run eager: compiling them failed ({reason})", "warn")
-            return
-        self.reporter.log(f"speed: {count} blocks compiled (torch.compile, {BACKEND}; {why}); batch lengths "
-                          f"padded to multiples of {LENGTH_BUCKET} tokens")
-
-    def _compile_trial(self) -> None:
-        """A training forward and backward and an eval forward on the first training examples, so the
-        compiled blocks compile now, where a failure can still fall back; random state, gradients and
-        the model's mode are left as they were."""
-        batch = self._batch(range(min(self.training.batch_size, len(self.train_data))), self.train_data)
-        random_state, was_training = rng_state(), self.tuned.training
-        try:
-            self.tuned.train()
-            with self._autocast():
-                summed = self._summed_loss(batch)
-            summed.backward()
-            self.tuned.eval()
-            with torch.no_grad(), self._autocast():
-                self._summed_loss(batch)
-        finally:
-            self.tuned.train(was_training)
-            for param in self.params:
-                param.grad = None
-            set_rng_state(random_state)
-
     def _setup_optimizer(self) -> None:
         t = self.training
         self.optimizer = torch.optim.AdamW(self.params, lr=t.learning_rate, weight_decay=t.weight_decay)
@@ -616,7 +563,6 @@ class TrainingRecipe:
             raise SpecError("training.best_metric", f"{best_metric} is not measured for this run's task "
                                                     f"({self.task}): use loss")
         self.plan = eval_plan(len(self.eval_data), self.training.eval_samples, self.training.seed)
-        self.eval_lengths = self.eval_data.lengths()  # token counts from the Arrow offsets, for length-sorted batches
         if self.plan.sample is not None:
             n = len(self.eval_data)
             self.reporter.log(f"eval: every eval before the last on {len(self.plan.sample)} of {n:,} validation "
@@ -799,12 +745,11 @@ class TrainingRecipe:
     def _batch(self, indices: Sequence[int], split: Any, packed: bool | None = None) -> dict[str, Any]:
         """The examples at ``indices`` of a prepared split, collated (packed where the run packs, see
         :meth:`_choose_batches`, unless ``packed`` says otherwise) and on the device."""
-        examples = split.take(indices)
+        examples = [split[i] for i in indices]
         if self.packed if packed is None else packed:
-            batch = pack_batch(examples, self.pad_id, self.row_width, self.length_bucket)
+            batch = pack_batch(examples, self.pad_id, self.row_width)
         else:
-            longest = max(len(e["input_ids"]) for e in examples)
-            batch = collate(examples, self.pad_id, bucketed(longest, self.spec.data.max_length, self.length_bucket))
+            batch = collate(examples, self.pad_id)
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def _autocast(self) -> torch.autocast:
@@ -848,8 +793,7 @@ class TrainingRecipe:
     def _eval_pass(self, indices: list[int]) -> _EvalSums:
         """Loss and metric sums over ``indices``; length-sorted batches pad little."""
         sums = _EvalSums(totals={m.name: (0.0, 0) for m in self.metrics})
-        lengths = self.eval_lengths
-        ordered = sorted(indices, key=lambda i: lengths[i])
+        ordered = sorted(indices, key=lambda i: len(self.eval_data[i]["input_ids"]))
         for start in range(0, len(ordered), self.training.batch_size):
             chunk = ordered[start : start + self.training.batch_size]
             batch = self._batch(chunk, self.eval_data)
@@ -998,12 +942,10 @@ def train(
     resume_from: Path | None = None,
     callbacks: Sequence[EvalCallback] = (),
     metrics: Sequence[EvalMetric] = (),
-    data_cache_dir: Path | None = None,
 ) -> TrainResult:
     """Run the whole spec (from a checkpoint folder when ``resume_from``); raises :class:`Cancelled` if
-    the reporter asks to stop between steps. ``data_cache_dir``: see :class:`TrainingRecipe`."""
-    recipe = TrainingRecipe(spec, out_dir, reporter, models_dir, resolver, callbacks=callbacks, metrics=metrics,
-                            data_cache_dir=data_cache_dir)
+    the reporter asks to stop between steps."""
+    recipe = TrainingRecipe(spec, out_dir, reporter, models_dir, resolver, callbacks=callbacks, metrics=metrics)
     recipe.setup()
     if resume_from is not None:
         recipe.resume_from(resume_from)
