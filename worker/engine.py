@@ -438,6 +438,8 @@ class TrainingRecipe:
 
     ``callbacks`` are asked after every eval whether to stop (:class:`EarlyStopping`); ``metrics`` are
     computed at every eval beside the loss and the task's own (:func:`default_metrics`).
+    ``data_cache_dir`` (the studio's ``Settings.data_cache_dir``) keeps the prepared data, so the next run
+    on the same data and settings tokenizes nothing; without it the data is prepared in a temporary folder.
     """
 
     def __init__(
@@ -450,9 +452,11 @@ class TrainingRecipe:
         *,
         callbacks: Sequence[EvalCallback] = (),
         metrics: Sequence[EvalMetric] = (),
+        data_cache_dir: Path | None = None,
     ) -> None:
         spec.validate()
         self.spec, self.out_dir, self.reporter, self.models_dir = spec, Path(out_dir), reporter, models_dir
+        self.data_cache_dir = data_cache_dir
         self.resolver = resolver or resolve_dataset_file
         self.callbacks = list(callbacks)
         es = spec.training
@@ -494,10 +498,10 @@ class TrainingRecipe:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def _setup_data(self) -> None:
-        """The data stage is :func:`app.data.pipeline.prepare_for_run`; the engine reads its splits only
-        by ``len`` and index."""
+        """The data stage is :func:`app.data.pipeline.prepare_for_run` (cached in ``data_cache_dir``); the
+        engine reads its splits by ``len``, ``take`` (a batch in one Arrow query) and ``lengths``."""
         prepared, self.task = prepare_for_run(self.spec, self.tokenizer, self.resolver, self.reporter.log,
-                                              self.max_positions)
+                                              self.max_positions, cache_dir=self.data_cache_dir)
         self.train_data, self.eval_data = prepared.train, prepared.eval
         self.label_names = list(prepared.label_names) if prepared.label_names else None
         self.data_shape = prepared.stats["shape"]
@@ -563,6 +567,7 @@ class TrainingRecipe:
             raise SpecError("training.best_metric", f"{best_metric} is not measured for this run's task "
                                                     f"({self.task}): use loss")
         self.plan = eval_plan(len(self.eval_data), self.training.eval_samples, self.training.seed)
+        self.eval_lengths = self.eval_data.lengths()  # token counts from the Arrow offsets, for length-sorted batches
         if self.plan.sample is not None:
             n = len(self.eval_data)
             self.reporter.log(f"eval: every eval before the last on {len(self.plan.sample)} of {n:,} validation "
@@ -745,7 +750,7 @@ class TrainingRecipe:
     def _batch(self, indices: Sequence[int], split: Any, packed: bool | None = None) -> dict[str, Any]:
         """The examples at ``indices`` of a prepared split, collated (packed where the run packs, see
         :meth:`_choose_batches`, unless ``packed`` says otherwise) and on the device."""
-        examples = [split[i] for i in indices]
+        examples = split.take(indices)
         if self.packed if packed is None else packed:
             batch = pack_batch(examples, self.pad_id, self.row_width)
         else:
@@ -793,7 +798,8 @@ class TrainingRecipe:
     def _eval_pass(self, indices: list[int]) -> _EvalSums:
         """Loss and metric sums over ``indices``; length-sorted batches pad little."""
         sums = _EvalSums(totals={m.name: (0.0, 0) for m in self.metrics})
-        ordered = sorted(indices, key=lambda i: len(self.eval_data[i]["input_ids"]))
+        lengths = self.eval_lengths
+        ordered = sorted(indices, key=lambda i: lengths[i])
         for start in range(0, len(ordered), self.training.batch_size):
             chunk = ordered[start : start + self.training.batch_size]
             batch = self._batch(chunk, self.eval_data)
@@ -942,10 +948,12 @@ def train(
     resume_from: Path | None = None,
     callbacks: Sequence[EvalCallback] = (),
     metrics: Sequence[EvalMetric] = (),
+    data_cache_dir: Path | None = None,
 ) -> TrainResult:
     """Run the whole spec (from a checkpoint folder when ``resume_from``); raises :class:`Cancelled` if
-    the reporter asks to stop between steps."""
-    recipe = TrainingRecipe(spec, out_dir, reporter, models_dir, resolver, callbacks=callbacks, metrics=metrics)
+    the reporter asks to stop between steps. ``data_cache_dir``: see :class:`TrainingRecipe`."""
+    recipe = TrainingRecipe(spec, out_dir, reporter, models_dir, resolver, callbacks=callbacks, metrics=metrics,
+                            data_cache_dir=data_cache_dir)
     recipe.setup()
     if resume_from is not None:
         recipe.resume_from(resume_from)

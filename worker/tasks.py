@@ -128,7 +128,7 @@ def execute_run(run_id: int, settings: Settings, registry: Registry, stopping: t
                     spec, settings.run_dir(run_id), reporter, settings.models_dir,
                     resolver=lambda ref: resolve_dataset_file(ref, registered, settings.bundled_dir,
                                                               hub_dir=settings.hub_data_dir),
-                    resume_from=resume_from,
+                    resume_from=resume_from, data_cache_dir=settings.data_cache_dir,
                 )
                 with registry.session() as s:
                     finish_run(s, run_id, "succeeded")
