@@ -9,38 +9,23 @@ objects; ``take`` reads a batch in one query; ``dataset`` is the 🤗 dataset it
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, overload
+from typing import Any
 
 import pyarrow.compute as pc
 from datasets import Dataset
 
+from app.data.store import ArrowRows
+
 _ITER_BATCH = 1024
 
 
-class ExampleSet(Sequence[dict]):
+class ExampleSet(ArrowRows):
     """A read-only sequence of examples over ``dataset``; ``keep`` holds whatever must outlive it
     (a temporary folder whose files the dataset maps)."""
 
     def __init__(self, dataset: Dataset, keep: Any = None) -> None:
         self.dataset = dataset
         self._keep = keep
-
-    def __len__(self) -> int:
-        return self.dataset.num_rows
-
-    @overload
-    def __getitem__(self, index: int) -> dict: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[dict]: ...
-
-    def __getitem__(self, index: int | slice) -> dict | list[dict]:
-        if isinstance(index, slice):
-            return self.take(range(*index.indices(len(self))))
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"example {index} of {len(self)}")
-        return self.dataset[index]
 
     def take(self, indices: Iterable[int]) -> list[dict]:
         """The examples at ``indices``, in that order, read in one query."""

@@ -18,7 +18,7 @@ the examples after it have strict column types.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
 
@@ -129,11 +129,12 @@ class StoredTable:
             yield from batch.column(0).to_pylist()
 
 
-class _StoredRows(Sequence[dict]):
-    """The stored rows as dicts, decoded with the standard json module (exactly what was read)."""
+class ArrowRows(Sequence[dict]):
+    """A read-only sequence of dicts over an Arrow dataset: ``len``, ``rows[i]`` (negative too), slices
+    and ``take(indices)``, all answered by :meth:`take`, which reads a batch in one query. The stored rows
+    and the engine's examples (:class:`app.data.examples.ExampleSet`) are two of these."""
 
-    def __init__(self, dataset: Dataset, path: Path | None) -> None:
-        self.dataset, self.path = dataset, path
+    dataset: Dataset
 
     def __len__(self) -> int:
         return self.dataset.num_rows
@@ -144,16 +145,28 @@ class _StoredRows(Sequence[dict]):
     def __getitem__(self, index: slice) -> list[dict]: ...
 
     def __getitem__(self, index: int | slice) -> dict | list[dict]:
-        column = self.dataset.data.column("row")
         if isinstance(index, slice):
-            start, stop, step = index.indices(len(self))
-            texts = column.slice(start, max(0, stop - start)).to_pylist()[::step]
-            return [json.loads(text) for text in texts]
+            return self.take(range(*index.indices(len(self))))
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
-            raise IndexError(index)
-        return json.loads(column[index].as_py())
+            raise IndexError(f"row {index} of {len(self)}")
+        return self.take([index])[0]
+
+    def take(self, indices: Iterable[int]) -> list[dict]:
+        """The rows at ``indices``, in that order."""
+        raise NotImplementedError
+
+
+class _StoredRows(ArrowRows):
+    """The stored rows as dicts, decoded with the standard json module (exactly what was read)."""
+
+    def __init__(self, dataset: Dataset, path: Path | None) -> None:
+        self.dataset, self.path = dataset, path
+
+    def take(self, indices: Iterable[int]) -> list[dict]:
+        texts = self.dataset.data.column("row").take(pa.array(list(indices), pa.int64())).to_pylist()
+        return [json.loads(text) for text in texts]
 
     def __iter__(self) -> Iterator[dict]:
         for batch in record_batches(self.dataset, self.path, ["row"]):
