@@ -90,11 +90,35 @@ def _table_for(ctx: Context, ref: str):
     raise LookupError(f"{ref!r} is not a registered dataset (expected dataset:N)")
 
 
+# Previews by (dataset content, shape, mapping, tokenizer, max length): a registered dataset never
+# changes (its sha256 names it), and the wizard redoes the same preview on every reload and "new run
+# from this one" (tokenizing every row for the statistics: seconds on a busy CPU).
+_PREVIEWS: dict[tuple, DataPreview] = {}
+_PREVIEWS_MAX = 8
+
+
 def preview(
     ctx: Context, ref: str, shape: str | None = None, mapping: dict[str, str] | None = None,
     tokenizer: Any = None, max_length: int = 512,
 ) -> DataPreview:
-    """Detect (or apply the user's) shape and mapping, and compute the preview statistics."""
+    """Detect (or apply the user's) shape and mapping, and compute the preview statistics (cached per
+    dataset and settings, see ``_PREVIEWS``; callers only read what it returns)."""
+    dataset_id = dataset_id_of(ref)
+    view = datasets.get_dataset(ctx, dataset_id) if dataset_id is not None else None
+    if view is None:
+        return _preview(ctx, ref, shape, mapping, tokenizer, max_length)
+    tokenizer_key = None if tokenizer is None else (getattr(tokenizer, "name_or_path", None), len(tokenizer),
+                                                   type(tokenizer).__name__)
+    key = (view.sha256, view.path, shape, tuple(sorted((mapping or {}).items())), tokenizer_key, int(max_length))
+    if key not in _PREVIEWS:
+        if len(_PREVIEWS) >= _PREVIEWS_MAX:
+            _PREVIEWS.pop(next(iter(_PREVIEWS)))
+        _PREVIEWS[key] = _preview(ctx, ref, shape, mapping, tokenizer, max_length)
+    return _PREVIEWS[key]
+
+
+def _preview(ctx: Context, ref: str, shape: str | None, mapping: dict[str, str] | None, tokenizer: Any,
+             max_length: int) -> DataPreview:
     from app.data import DataError, detect_shape
     from app.data.check import check_table, chosen_layout
 
@@ -170,6 +194,19 @@ def split_figures(stats: dict[str, Any], val_fraction: float = 0.0, dedupe: bool
     rows = int(stats.get("rows", 0))
     used = rows - int(stats.get("duplicates") or 0) if dedupe else rows
     return split_sizes(used, float(val_fraction or 0))
+
+
+def training_rows(ctx: Context, ref: str | None, val_fraction: float = 0.1) -> int | None:
+    """About how many rows a run on this registered dataset trains on (its rows less the held-out
+    share, by ``split_sizes``; repeats not yet removed), for sizing a preset; None when not known."""
+    from app.data.prepare import split_sizes
+
+    try:
+        dataset_id = dataset_id_of(ref) if ref else None
+        view = datasets.get_dataset(ctx, dataset_id) if dataset_id is not None else None
+    except Exception:
+        return None
+    return split_sizes(int(view.rows), float(val_fraction or 0))[0] if view is not None and view.rows else None
 
 
 def summary_rows(stats: dict[str, Any], val_fraction: float = 0.0, dedupe: bool = True) -> list[tuple[str, str]]:

@@ -105,7 +105,38 @@ def tasks_for(architecture: str) -> tuple[str, ...]:
     return ("CAUSAL_LM",)
 
 
+# Model checks by (ref, models folder, trust, the folder's config.json stamp): the wizard checks the same
+# model again on every reload and "new run from this one", and a check reads the config, builds a meta
+# copy and loads the tokenizer (about a second on an idle CPU, far more on a busy one). A local folder
+# whose config.json changes is checked afresh; a failed check is never kept.
+_CHECKED: dict[tuple, ModelInfo] = {}
+_CHECKED_MAX = 8
+
+
+def _stamp(ref: str) -> int | None:
+    """A local folder's config.json modification time (None for bundled names and hub ids, which do not
+    change under a running studio)."""
+    if bundled_model(ref) is not None or not looks_like_path(ref):
+        return None
+    try:
+        return (Path(ref).expanduser() / "config.json").stat().st_mtime_ns
+    except OSError:
+        return None
+
+
 def describe_model(ref: str, models_dir: Path | None = None, trust_remote_code: bool = False) -> ModelInfo:
+    """What step 1 shows about a model (cached per model, see ``_CHECKED``)."""
+    ref = (ref or "").strip()
+    key = (ref, str(models_dir), bool(trust_remote_code), _stamp(ref))
+    if key not in _CHECKED:
+        info = _describe_model(ref, models_dir, trust_remote_code)
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.pop(next(iter(_CHECKED)))
+        _CHECKED[key] = info
+    return _CHECKED[key]
+
+
+def _describe_model(ref: str, models_dir: Path | None, trust_remote_code: bool) -> ModelInfo:
     from app.services.method_form import meta_model
 
     config = load_config(ref, models_dir, trust_remote_code)

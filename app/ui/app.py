@@ -19,7 +19,7 @@ from app.services import draft as draft_service
 from app.services import playground as playground_service
 from app.services import runs
 from app.services.context import Context
-from app.services.data_preview import label_names, preview
+from app.services.data_preview import label_names, preview, training_rows
 from app.services.wizard import WizardChoices, build_spec, task_for
 from app.ui import draft as draft_ui
 from app.ui import labels
@@ -134,8 +134,10 @@ def _wire_wizard(ctx, demo, e: Elements):
     estimate_event = dict(fn=estimate, inputs=e.of(ESTIMATE), outputs=e.of("model.estimate", "model.fit"))
 
     e["model.check"].click(check, e.of(CHECK), e.of(CHECKED)).then(**count_event).then(**estimate_event)
-    for name in ("model.precision", "model.quantization", "model.batch", "model.seq_len"):
-        e[name].change(**estimate_event)
+    # One listener for several fields, always_last: a restore that sets them all at once (a reload, "new
+    # run from this one") queues one estimate, not one per field ahead of the model check and preview.
+    gr.on([e[name].change for name in ("model.precision", "model.quantization", "model.batch", "model.seq_len")],
+          **estimate_event, trigger_mode="always_last")
 
     def next_from_model(data):
         v = e.values(data)
@@ -188,14 +190,19 @@ def _wire_wizard(ctx, demo, e: Elements):
         return e.updates({"data.ref": ref, "data.refusal": None, "data.status": status})
 
     registered = e.of("data.ref", "data.refusal", "data.status")
+    # The data's format sets the task (a classifier scores classes, a language model the vocabulary), so
+    # a format detected or picked here redoes the count and the estimate as a model or method change does.
+    def and_recount(event) -> None:
+        event.then(**count_event).then(**estimate_event)
+
     # preprocess=False: the callback gets the upload's FileData (its path and the person's file name);
     # Gradio's own filepath preprocessing would leave an empty temp file behind on every upload.
-    e["data.upload"].upload(on_upload, e["data.upload"], registered, preprocess=False).then(
-        preview_detected, preview_inputs, preview_outputs)
+    and_recount(e["data.upload"].upload(on_upload, e["data.upload"], registered, preprocess=False).then(
+        preview_detected, preview_inputs, preview_outputs))
     e["data.upload"].clear(lambda: None, None, e["data.refusal"], show_progress="hidden")
-    e["data.bundled"].input(on_demo, e["data.bundled"], registered).then(preview_detected, preview_inputs,
-                                                                         preview_outputs)
-    e["data.shape"].input(preview_reshaped, preview_inputs, preview_outputs)
+    and_recount(e["data.bundled"].input(on_demo, e["data.bundled"], registered).then(
+        preview_detected, preview_inputs, preview_outputs))
+    and_recount(e["data.shape"].input(preview_reshaped, preview_inputs, preview_outputs))
     e["data.val_fraction"].release(preview_mapped, preview_inputs, preview_outputs)
     e["data.dedupe"].input(preview_mapped, preview_inputs, preview_outputs)
     for name in data_step.ROLES:
@@ -214,15 +221,18 @@ def _wire_wizard(ctx, demo, e: Elements):
     e["method.choice"].change(lambda peft_type: e.updates(method_step.show_method(peft_type)), e["method.choice"],
                               e.of(e.names("method.group."), "method.summary")).then(**count_event).then(
         **estimate_event)
-    for name in method_fields:
-        e[name].change(**count_event)
+    # one count for a restore's many fields, as for the estimate above
+    gr.on([e[name].change for name in method_fields], **count_event, trigger_mode="always_last")
     e["method.back"].click(go(1), None, e.of(NAV))
     e["method.next"].click(go(3), None, e.of(NAV))
 
     # train step
     def apply_preset(data):
+        # Sized for the data chosen in step 2 (its training rows) and the task its format implies.
         v = e.values(data)
-        return e.updates(train_step.apply_preset(v["train.preset"], v["method.choice"]))
+        rows = training_rows(ctx, v["data.ref"], v["data.val_fraction"])
+        return e.updates(train_step.apply_preset(v["train.preset"], v["method.choice"],
+                                                 task_of(v["model.state"], v["data.shape"]), rows))
 
     def follow_method(data):
         v = e.values(data)
@@ -233,7 +243,8 @@ def _wire_wizard(ctx, demo, e: Elements):
         v = e.values(data)
         return train_step.learning_rate_note(v["method.choice"], v["train.learning_rate"])
 
-    e["train.preset"].input(apply_preset, e.of("train.preset", "method.choice"), e.of(train_step.PRESET_FIELDS))
+    e["train.preset"].input(apply_preset, e.of("train.preset", "method.choice", "data.ref", "data.val_fraction",
+                                                "model.state", "data.shape"), e.of(train_step.PRESET_FIELDS))
     # The learning rate follows the method (unless typed over); its note/warning follows both.
     e["method.choice"].change(follow_method, e.of("method.choice", "train.learning_rate", "train.rate_method"),
                               e.of("train.learning_rate", "train.rate_method"), show_progress="hidden")
@@ -274,8 +285,8 @@ def _wire_wizard(ctx, demo, e: Elements):
 
     spec_inputs, previewed = e.of(SPEC, "method.choice", method_fields), e.of("train.yaml", "train.message")
     e["method.next"].click(review, spec_inputs, previewed)
-    for name in train_step.VALUES:
-        e[name].change(review, spec_inputs, previewed)
+    # one spec preview for all the fields a preset or a restore sets
+    gr.on([e[name].change for name in train_step.VALUES], review, spec_inputs, previewed, trigger_mode="always_last")
 
     e["train.submit"].click(submit, spec_inputs, e.of("page.tabs", "train.message", "run.picker", "run.seen", STORED)
                             ).then(None, e["run.picker"], None, js=run_view.SET_URL_JS)

@@ -116,3 +116,43 @@ def test_memory_estimate_reads_as_plain_words_against_this_machines_memory(page,
     pick(page, "model-quantization", "NF4 + double quantization (QLoRA)")
     expect(table).to_contain_text("Model weights (4-bit NF4", timeout=30_000)
     shot(page, "model-data-03-estimate")
+
+
+def _logits_row(page) -> str:
+    """The estimate's "scores over the vocabulary" figure (0 B for a classifier, which scores classes)."""
+    row = page.locator("#model-estimate tr", has_text="Scores over the vocabulary")
+    return row.locator("td").last.inner_text().strip()
+
+
+def test_the_data_format_alone_refreshes_the_memory_estimate(page, studio, tmp_path):
+    from tests.browser.test_studio import back, pick
+
+    reviews = tmp_path / "reviews.csv"
+    rows = [f"review number {i} was {'great' if i % 2 else 'awful'},{'good' if i % 2 else 'bad'}" for i in range(24)]
+    reviews.write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+
+    open_wizard(page, studio)
+    field(page, "model-custom").fill(str(save_tiny_model(tmp_path / "tiny-llama")))
+    page.locator("#model-check").click()
+    expect(page.locator("#model-estimate")).to_contain_text("Scores over the vocabulary", timeout=60_000)
+    language_model = _logits_row(page)
+    assert language_model != "0 B"  # no data yet: the model's own task, a language model
+
+    # The upload is detected as classification: a classifier scores two classes, not the vocabulary.
+    page.locator("#model-next").click()
+    page.locator("#data-upload input[type=file]").set_input_files(str(reviews))
+    expect(page.locator("#data-shape input")).to_have_value("classification", timeout=60_000)
+    page.wait_for_timeout(1500)  # the count and the estimate follow the preview
+    back(page, "data")
+    expect(page.locator("#model-estimate tr", has_text="Scores over the vocabulary").locator("td").last).to_have_text(
+        "0 B", timeout=30_000)
+
+    # Only the format changes (same model, method, batch and length): the estimate follows it.
+    page.locator("#model-next").click()
+    pick(page, "data-shape", "text")
+    expect(page.locator("#data-shape input")).to_have_value("text")
+    page.wait_for_timeout(1500)
+    back(page, "data")
+    expect(page.locator("#model-estimate tr", has_text="Scores over the vocabulary").locator("td").last).to_have_text(
+        language_model, timeout=30_000)
+    shot(page, "model-data-04-estimate-follows-format")

@@ -5,6 +5,7 @@ import pytest
 import tuners
 from app.core.spec import RunSpec, SpecError
 from app.services.wizard import (
+    PRESET_KEYS,
     PRESETS,
     WizardChoices,
     build_spec,
@@ -57,19 +58,40 @@ def test_bad_method_value_and_bad_training_value_name_their_field():
 @pytest.mark.parametrize("preset", list(PRESETS))
 @pytest.mark.parametrize(("peft_type", "method_values"), [("LORA", {"r": "4"}), ("IA3", {}), ("PROMPT_TUNING", {})])
 def test_every_preset_builds_a_valid_spec_at_the_methods_learning_rate(preset, peft_type, method_values):
-    p = preset_values(preset, peft_type)
-    spec = build_spec(choices(peft_type=peft_type, method_values=method_values, epochs=p["epochs"],
-                              learning_rate=p["learning_rate"], batch_size=p["batch_size"],
-                              max_steps=p["max_steps"], eval_every=p["eval_every"]))
-    assert spec.training.learning_rate == tuners.METHODS[peft_type].learning_rate
-    assert spec.training.batch_size == PRESETS[preset]["batch_size"]
+    for task, rows in ((None, None), ("SEQ_CLS", 880), ("CAUSAL_LM", 12)):
+        p = preset_values(preset, peft_type, task=task, train_rows=rows)
+        spec = build_spec(choices(peft_type=peft_type, method_values=method_values, epochs=p["epochs"],
+                                  learning_rate=p["learning_rate"], batch_size=p["batch_size"],
+                                  max_steps=p["max_steps"], eval_every=p["eval_every"]))
+        assert spec.training.learning_rate == tuners.METHODS[peft_type].learning_rate
+        assert spec.training.batch_size == PRESETS[preset].batch_size
+        assert set(p) == set(PRESET_KEYS)
 
 
 def test_presets_scale_length_and_batch_and_leave_the_learning_rate_to_the_method():
-    assert all("learning_rate" not in p for p in PRESETS.values())
+    assert all(not hasattr(p, "learning_rate") for p in PRESETS.values())
     rates = {t: preset_values("quick", t)["learning_rate"] for t in tuners.METHODS}
     assert rates["IA3"] >= 10 * rates["LORA"] and rates["PROMPT_TUNING"] >= 10 * rates["IA3"]
     assert rates["FULL"] < rates["LORA"]
+
+
+def test_the_quick_preset_is_sized_by_the_data_and_the_task():
+    quick = PRESETS["quick"]
+    # Before the data is known: its fewest steps.
+    assert preset_values("quick", "LORA")["max_steps"] == quick.min_steps == 30
+    # The drug-review demo (880 training rows, batch 8): two passes for a classifier, capped at 150 steps;
+    # one for a language model (110 steps); 30 of batch 4 (its old size) saw 120 reviews and learned the prior.
+    cls = preset_values("quick", "LORA", task="SEQ_CLS", train_rows=880)
+    causal = preset_values("quick", "LORA", task="CAUSAL_LM", train_rows=880)
+    assert (cls["max_steps"], cls["batch_size"]) == (150, 8) and causal["max_steps"] == 110
+    assert preset_values("quick", "LORA", task="SEQ_CLS", train_rows=400)["max_steps"] == 100  # 2 × 400 / 8
+    assert preset_values("quick", "LORA", task="CAUSAL_LM", train_rows=40)["max_steps"] == 30  # the floor
+    assert preset_values("quick", "LORA", task="CAUSAL_LM", train_rows=10**6)["max_steps"] == 150  # the cap
+    # About five evals a quick run, eight in balanced; whole epochs there, and a fixed interval without data.
+    assert cls["eval_every"] == 30 and causal["eval_every"] == 22
+    balanced = preset_values("balanced", "IA3", task="CAUSAL_LM", train_rows=880)
+    assert balanced["max_steps"] == 0 and balanced["epochs"] == 2.0 and balanced["eval_every"] == 28
+    assert preset_values("balanced", "IA3")["eval_every"] == PRESETS["balanced"].eval_every
 
 
 @pytest.mark.parametrize("peft_type", sorted(tuners.METHODS))
@@ -100,6 +122,7 @@ def test_the_train_step_follows_the_method_unless_the_rate_was_typed():
     assert train_step.follow_method("IA3", 0.0123, "LORA") == {"train.rate_method": "IA3"}
     assert train_step.apply_preset("quick", "IA3")["train.learning_rate"] == ia3
     assert set(train_step.apply_preset("quick", "IA3")) == set(train_step.PRESET_FIELDS)
+    assert train_step.apply_preset("quick", "IA3", "SEQ_CLS", 880)["train.max_steps"] == 150
     note = train_step.learning_rate_note("IA3", 5e-6)
     assert "Warning" in note and "200× below" in note and "(IA)³" in note
     assert "Warning" not in train_step.learning_rate_note("IA3", ia3)

@@ -16,7 +16,13 @@ from gradio.blocks import Block
 
 from app.core.options import SCHEDULERS
 from app.services.draft import TRAIN_FIELDS
-from app.services.wizard import EARLY_STOPPING_PATIENCE, PRESETS, check_learning_rate, preset_values
+from app.services.wizard import (
+    EARLY_STOPPING_PATIENCE,
+    PRESET_KEYS,
+    PRESETS,
+    check_learning_rate,
+    preset_values,
+)
 from app.ui.labels import t
 
 # The run's training values, named after the spec's fields (``train.learning_rate``).
@@ -24,7 +30,7 @@ VALUES = tuple(f"train.{name}" for name in TRAIN_FIELDS)
 # What a person sets on this step (kept in the wizard's draft).
 FIELDS = ("train.preset", *VALUES)
 # What picking a preset rewrites.
-PRESET_FIELDS = tuple(dict.fromkeys(f"train.{key}" for p in PRESETS.values() for key in (*p, "learning_rate")))
+PRESET_FIELDS = tuple(f"train.{key}" for key in PRESET_KEYS)
 
 
 def build(peft_type: str = "LORA") -> dict[str, Block]:
@@ -86,9 +92,11 @@ def training_choices(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def apply_preset(name: str, peft_type: str) -> dict[str, Any]:
-    """The preset's values by name (``PRESET_FIELDS``), with the chosen method's learning rate."""
-    return {f"train.{key}": value for key, value in preset_values(name, peft_type).items()}
+def apply_preset(name: str, peft_type: str, task: str | None = None, train_rows: int | None = None) -> dict[str, Any]:
+    """The preset's values by name (``PRESET_FIELDS``), with the chosen method's learning rate, sized for the
+    task and the data's training rows where they are known (``app.services.wizard.preset_values``)."""
+    return {f"train.{key}": value
+            for key, value in preset_values(name, peft_type, task=task, train_rows=train_rows).items()}
 
 
 def follow_method(peft_type: str | None, lr: Any, previous: str | None) -> dict[str, Any]:
