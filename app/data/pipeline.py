@@ -11,10 +11,7 @@ on the same data and settings opens the prepared files and never calls the token
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -24,18 +21,18 @@ from app.core.spec import RunSpec, SpecError
 from app.core.tasks import task_for as default_task
 from app.data.cache import PreparedCache, fingerprint, tokenizer_identity
 from app.data.chat import chat_template_for
+from app.data.check import RECORDS_FILE, ROWS_FILE, detected_layout
 from app.data.examples import ExampleSet
 from app.data.limits import Limits
 from app.data.prepare import Prepared, PrepareOptions, describe_timings, prepare_records
 from app.data.readers import stream_table
 from app.data.records import check_records
-from app.data.shapes import detect_shape
 from app.data.sources import DatasetResolver
-from app.data.store import StoredTable, write_rows
+from app.data.store import ScratchFolder, StoredTable, write_rows
 
 Log = Callable[[str], Any]
 # Files of a build that only lead to the examples; removed before the entry is renamed into place.
-_INTERMEDIATE = ("rows.arrow", "val-rows.arrow", "records.arrow", "val-records.arrow")
+_INTERMEDIATE = (ROWS_FILE, "val-rows.arrow", RECORDS_FILE, "val-records.arrow")
 
 
 def prepare_for_run(
@@ -57,7 +54,7 @@ def prepare_for_run(
                  f"using {max_positions}")
         max_length = max_positions
     limits = Limits()
-    scratch = _Scratch() if cache_dir is None else None
+    scratch = ScratchFolder() if cache_dir is None else None
     cache = PreparedCache(scratch.path if scratch is not None else cache_dir)
     started = time.perf_counter()
     inputs = {
@@ -98,15 +95,7 @@ def prepare_for_run(
     return prepared, manifest["task"]
 
 
-class _Scratch:
-    """A temporary folder for a run without a data cache, removed when nothing holds this any more."""
-
-    def __init__(self) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix="tunestudio-data-"))
-        weakref.finalize(self, shutil.rmtree, str(self.path), True)
-
-
-def _file_input(cache: PreparedCache, path: Path, scratch: _Scratch | None) -> dict[str, str | None]:
+def _file_input(cache: PreparedCache, path: Path, scratch: ScratchFolder | None) -> dict[str, str | None]:
     """A data file as a fingerprint input: its content (sha256) and the name messages call it by.
     Nothing is read when there is no cache to look in."""
     return {"sha256": cache.content_digest(path) if scratch is None else None, "name": path.name}
@@ -121,21 +110,18 @@ def _build(folder: Path, spec: RunSpec, tokenizer: Any, train_path: Path, val_pa
     def read(path: Path, name: str) -> StoredTable:
         return write_rows(stream_table(path, limits=limits), folder / name, max_rows=spec.data.max_rows)
 
-    table = read(train_path, "rows.arrow")
+    table = read(train_path, ROWS_FILE)
     val_table = read(val_path, "val-rows.arrow") if val_path is not None else None
     timings["read"] = time.perf_counter() - started
+    # The layout rule and the checks of `datasets add` and the studio's upload (app.data.check).
+    detection, shape, mapping = detected_layout(table, spec.data.shape, spec.data.mapping)
     replayed: list[str] = []  # what a cache hit logs again
-    if spec.data.shape == "auto" or not spec.data.mapping:
-        detection = detect_shape(table)
-        shape = detection.shape if spec.data.shape == "auto" else spec.data.shape
-        mapping = dict(spec.data.mapping or (detection.mapping if shape == detection.shape else {}))
+    if spec.data.shape == "auto" or not spec.data.mapping:  # detection decided something: say what it saw
         replayed.append(f"data: detected shape {detection.shape} mapping {detection.mapping} "
                         f"(confidence {detection.confidence:.2f})")
         log(replayed[-1])
-    else:
-        shape, mapping = spec.data.shape, dict(spec.data.mapping)
     started = time.perf_counter()
-    records = check_records(table, shape, mapping, folder / "records.arrow")
+    records = check_records(table, shape, mapping, folder / RECORDS_FILE)
     timings["check"] = time.perf_counter() - started
     task = spec.task if spec.task_is_fixed else default_task(shape)
     if clamp:

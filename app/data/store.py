@@ -18,6 +18,9 @@ the examples after it have strict column types.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
@@ -30,6 +33,15 @@ from app.data.readers import RowStream
 BATCH_ROWS = 8192
 BATCH_BYTES = 8 << 20  # a batch is written once its rows hold about this much text
 ROW_FEATURES = Features({"line": Value("int64"), "row": Json()})
+
+
+class ScratchFolder:
+    """A temporary folder for Arrow files nobody keeps (a check, a run without a data cache), removed when
+    nothing holds this any more: whatever maps its files holds it."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="tunestudio-data-"))
+        weakref.finalize(self, shutil.rmtree, str(self.path), True)
 
 
 class BatchWriter:
