@@ -514,7 +514,7 @@ class TrainingRecipe:
         """Load the base, quantize it if asked, attach the method (calibrating it on a few batches if it
         chooses what to train from the data)."""
         import tuners
-        from app.core.models import load_model
+        from app.core.models import load_model, release_checkpoint
 
         spec = self.spec
         model = load_model(self.model_ref, self.task, self.tokenizer, spec.model.trust_remote_code,
@@ -530,6 +530,7 @@ class TrainingRecipe:
             quantized = tuners.quantize(model, bits=bits, double_quant=spec.model.double_quant,
                                         compute_dtype=torch.bfloat16 if self.bf16 else torch.float32)
             model = quantized if quantized is not None else model
+            release_checkpoint(model)  # else the fp32 file pages quantizing read stay resident all run
         tuned = tuners.apply(model, config)
         self.tuned = tuned
         if tuned.method.calibrate is not None:

@@ -19,8 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from app.core.options import LOSS_CHUNK_ROWS
+
 IGNORE_INDEX = -100
-DEFAULT_CHUNK_ROWS = 1024
+DEFAULT_CHUNK_ROWS = LOSS_CHUNK_ROWS
 
 
 def shifted_targets(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,17 +14,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from app.core.devices import bf16_reason, bf16_supported
+from app.core.devices import bf16_reason, bf16_supported, trains_in_bf16
 from app.core.spec import SpecError
 
 
 def train_in_bf16(setting: bool | str, device: torch.device) -> bool:
     """``training.bf16`` (true, false or "auto") on ``device``: whether the run trains in bf16."""
-    supported = bf16_supported(device)
-    if setting is True and not supported:
+    if setting is True and not bf16_supported(device):
         raise SpecError("training.bf16", f"bf16 was asked for, but {bf16_reason(device)}; "
                                          "set it to auto or false")
-    return supported and setting in (True, "auto")
+    return trains_in_bf16(setting, device)
 
 
 def store_frozen_in(model: nn.Module, dtype: torch.dtype) -> int:

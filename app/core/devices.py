@@ -35,6 +35,13 @@ def bf16_supported(device: torch.device, flags: frozenset[str] | None = None) ->
     return False
 
 
+def trains_in_bf16(setting: bool | str, device: torch.device) -> bool:
+    """Whether a run with ``training.bf16`` = ``setting`` (true, false or "auto") trains in bf16 on
+    ``device``: the engine's rule (which also refuses ``true`` where this is False) and the memory
+    estimate's, since a bf16 run stores its frozen base in bf16."""
+    return setting in (True, "auto") and bf16_supported(device)
+
+
 def bf16_reason(device: torch.device) -> str:
     """Why bf16 is unavailable, for the message that refuses ``bf16: true``."""
     if device.type == "cpu":

@@ -1,29 +1,35 @@
 """The training-memory estimate for model × method × precision × quantization × batch × length.
 
 The studio shows it in the model step so a person sees, before submitting, whether a run fits the
-worker. It is arithmetic on the model's shape (no allocation), calibrated against measured peaks
-(``bench/memory.py``: the bundled SmolLM2-135M and MiniLM with LoRA, QLoRA and full fine-tuning at
-two sequence lengths, within ±25 % of the peak resident memory on CPU). Its parts, each one line
-on the page:
+worker. It is arithmetic on the model's shape (no allocation) that follows what the engine does,
+checked against measured peaks (``bench/memory.py``: the bundled SmolLM2-135M and MiniLM with LoRA,
+QLoRA and full fine-tuning at two sequence lengths, in bf16 and fp32, against the peak resident
+memory on CPU; docs/ui.md has the table). Its parts, each one line on the page:
 
-- base weights: the engine loads every weight in fp32 (bf16 is autocast, not storage); quantized
-  linear layers keep int8 (+ an fp32 scale per row) or NF4 (4 bits + an fp32 absmax per 64-block
-  = 4.5 bits; with double quantization an 8-bit absmax plus an fp32 scale per 256 blocks ≈ 4.127
-  bits); embeddings, norms and heads stay fp32;
+- base weights, as the engine stores them: in bf16 when the run trains in bf16 (the frozen base is
+  converted; ``app.core.devices.trains_in_bf16`` says when), else fp32; a method that trains the
+  model's own tensors keeps them fp32 (full fine-tuning, BitFit). Quantized linear layers keep
+  exactly what ``tuners.quant`` stores (int8 + an fp32 scale per row; NF4 at 4 bits + an fp32 absmax
+  per 64-block, or double quantized ≈ 4.127 bits), their biases fp32; buffers as they are. A
+  quantized run does not keep the fp32 checkpoint mapped (``app.core.models.release_checkpoint``);
 - what training adds to the trained weights: a new (adapter) parameter costs its fp32 weight, its
   gradient and AdamW's two moments = 16 bytes; a base weight trained in place (full fine-tuning)
-  costs the two moments = 8 bytes, and its 4-byte gradient only where the gradients outgrow the
-  activations: backward produces them layer by layer as it frees those (measured: the peak is at
-  the start of backward, not the sum);
-- activations autograd keeps for the backward pass, per token and layer, at the compute width
-  (4 bytes fp32, 2 bf16): about 3.5·hidden plus the MLP's (4·intermediate when gated like Llama's
-  SwiGLU, else 2·intermediate); when the base weights train too, every linear layer's input as
-  well (+3·hidden + intermediate); and where attention has dropout (BERT) the attention
-  probabilities are materialised: 3 numbers per head per token pair;
-- output logits of a language model: batch × length × vocabulary, about three fp32 copies at the
-  peak of the loss (the logits, their log-softmax and its gradient), which is why a 49k vocabulary
-  dominates short models;
-- working memory: the tokenizer, the data and the libraries' buffers (a constant from the bench).
+  costs the two moments = 8 bytes (+ the bf16 copy autocast keeps of it), and its 4-byte gradient
+  only where the gradients outgrow the activations: backward produces them layer by layer as it
+  frees those (measured: the peak is at the start of backward, not the sum);
+- activations autograd keeps for the backward pass, per token and layer: about 3.5·hidden plus the
+  MLP's (4·intermediate when gated like Llama's SwiGLU, else 2·intermediate) at the compute width
+  (4 bytes fp32, 2 bf16); when the base weights train too, every linear layer's input as well
+  (+3·hidden + intermediate), and the hidden-sized ones stay fp32 in bf16 runs (the residual
+  stream follows the fp32 embeddings); RMS norms (Llama) keep two fp32 copies of their input in
+  bf16; where attention has dropout (BERT) the attention probabilities are materialised, 3 fp32
+  numbers per head per token pair (softmax runs in fp32 under autocast). Tokens are batch × max
+  length: causal batches are packed without padding, so that is the most a step holds;
+- output scores of a language model: the engine's loss projects the hidden states onto the
+  vocabulary a chunk of rows at a time (``LOSS_CHUNK_ROWS``, recomputed in backward), so only one
+  chunk's scores exist at once: about three fp32 copies (the scores, their log-softmax, its
+  gradient) plus the compute-width output, for min(tokens, chunk) rows;
+- working memory: the tokenizer, the data, the libraries' buffers (a constant from the bench).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.core.options import QUANTIZATIONS
+from app.core.options import COMPUTE_PRECISIONS, LOSS_CHUNK_ROWS, QUANTIZATIONS
 
 # Compute dtypes the estimate prices ("auto" is resolved first, as the engine resolves it).
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -42,13 +48,13 @@ DQ_BLOCK = 256
 
 
 def resolve_precision(precision: str) -> str:
-    """'auto' as the engine resolves it (app.core.devices): bf16 where the device multiplies in it (a CUDA
-    GPU that supports it, a CPU with AVX512-BF16 or AMX), else fp32."""
+    """The studio's compute-precision choice as the engine resolves it: "auto" is bf16 where
+    ``app.core.devices.trains_in_bf16`` says the run trains in bf16 on the device ``auto`` picks."""
     if precision != "auto":
         return precision
-    from app.core.devices import bf16_supported, pick_device
+    from app.core.devices import pick_device, trains_in_bf16
 
-    return "bf16" if bf16_supported(pick_device("auto")) else "fp32"
+    return "bf16" if trains_in_bf16(COMPUTE_PRECISIONS["auto"], pick_device("auto")) else "fp32"
 
 
 # Per-token, per-layer activation numbers autograd keeps (see the module docstring); fitted on the
@@ -58,18 +64,20 @@ ACT_GATED_MLP = 4.0
 ACT_PLAIN_MLP = 2.0
 ACT_TRAINED_LINEAR_INPUTS_HIDDEN = 3.0
 ACT_ATTENTION_PROBS = 3.0
+ACT_RMS_NORM_FP32 = 2.0
 LOGIT_COPIES_FP32 = 3
 WORKING_BYTES = 200 * 2**20
 
 
-def bits_per_weight(precision: str, quantization: str) -> float:
-    """Storage bits of one frozen linear weight; per-block/per-row scales included as averages.
+def bits_per_weight(precision: str, quantization: str, trains_base_weights: bool = False) -> float:
+    """Average storage bits of one frozen linear weight (scales included as averages).
 
-    Unquantized weights are fp32 whatever the compute precision: the engine loads fp32 and autocasts."""
+    Unquantized weights are stored at the compute width when the run trains in bf16 or fp16 (the
+    engine converts the frozen base), fp32 when they train themselves or the run is fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
     if quantization == "none":
-        return 32.0
+        return 32.0 if precision == "fp32" or trains_base_weights else 16.0
     if quantization == "int8":
         return 8.0  # + one fp32 scale per row: well under 0.1 bit a weight
     if quantization == "nf4":
@@ -77,6 +85,15 @@ def bits_per_weight(precision: str, quantization: str) -> float:
     if quantization == "nf4-dq":
         return 4.0 + 8.0 / NF4_BLOCK + 32.0 / (NF4_BLOCK * DQ_BLOCK)
     raise ValueError(f"quantization: {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+
+
+def quantized_bytes(layers: tuple[tuple[int, int], ...], quantization: str) -> int:
+    """Bytes ``tuners.quant`` stores for these (out, in) linear weights under the studio's quantization."""
+    from tuners.quant import stored_bytes
+
+    mode, double_quant = QUANTIZATIONS[quantization]
+    bits = 8 if mode == "int8" else 4
+    return sum(stored_bytes(out_f, in_f, bits=bits, double_quant=double_quant) for out_f, in_f in layers)
 
 
 @dataclass(frozen=True)
@@ -92,25 +109,35 @@ class ModelShape:
     intermediate_size: int = 0
     gated_mlp: bool = False
     attention_dropout: float = 0.0
+    rms_norm: bool = False
+    # The (out, in) of each linear layer quantization replaces, their bias count, and the model's
+    # buffer bytes: what prices the stored weights exactly (empty: averages from bits_per_weight).
+    quantizable: tuple[tuple[int, int], ...] = ()
+    quantizable_bias_params: int = 0
+    buffer_bytes: int = 0
 
     @classmethod
     def from_model(cls, model: Any) -> ModelShape:
         """Counts parameters of a (possibly meta-device) transformers model by module kind."""
-        from tuners.targets import linear_dims  # the core's rule for a linear layer (GPT-2's Conv1D too)
+        from tuners.quant import quantizable_layers  # the layers a quantized run replaces
+        from tuners.targets import linear_dims
 
         total = sum(p.numel() for p in model.parameters())
-        linear = 0
-        gated = False
-        for name, module in model.named_modules():
-            is_linear = linear_dims(module) is not None
-            if is_linear and not name.endswith(("lm_head", "classifier", "score", "qa_outputs")):
-                linear += module.weight.numel()
-            gated = gated or name.endswith(("gate_proj", "gate_up_proj", "w1", "wi_0"))
+        layers = []
+        biases = 0
+        for _, module in quantizable_layers(model):
+            in_f, out_f = linear_dims(module)
+            layers.append((out_f, in_f))
+            bias = getattr(module, "bias", None)
+            biases += bias.numel() if bias is not None else 0
+        names = [name for name, _ in model.named_modules()]
+        gated = any(name.endswith(("gate_proj", "gate_up_proj", "w1", "wi_0")) for name in names)
+        rms = any("RMSNorm" in type(module).__name__ for module in model.modules())
         config = model.config
         hidden = int(_first(config, "hidden_size", "n_embd", "d_model", default=0))
         return cls(
             total_params=total,
-            linear_params=linear,
+            linear_params=sum(o * i for o, i in layers),
             hidden_size=hidden,
             num_layers=int(_first(config, "num_hidden_layers", "n_layer", "num_layers", default=0)),
             num_heads=int(_first(config, "num_attention_heads", "n_head", "num_heads", default=1)),
@@ -119,6 +146,10 @@ class ModelShape:
             gated_mlp=gated,
             attention_dropout=float(_first(config, "attention_probs_dropout_prob", "attention_dropout", "attn_pdrop",
                                            "dropout", default=0.0)),
+            rms_norm=rms,
+            quantizable=tuple(layers),
+            quantizable_bias_params=biases,
+            buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
         )
 
 
@@ -157,8 +188,8 @@ class MemoryEstimate:
 
     def parts(self) -> list[tuple[str, int]]:
         """(label key in ``app.ui.labels``, bytes) per part, in the order the page lists them."""
-        weights_key = {"none": "estimate.weights.full", "int8": "estimate.weights.int8"}.get(
-            self.quantization, "estimate.weights.nf4")
+        weights_key = {"none": "estimate.weights.full" if self.bits_per_weight == 32 else "estimate.weights.bf16",
+                       "int8": "estimate.weights.int8"}.get(self.quantization, "estimate.weights.nf4")
         return [(weights_key, self.weights_bytes), ("estimate.trainable", self.trainable_bytes),
                 ("estimate.activations", self.activations_bytes), ("estimate.logits", self.logits_bytes),
                 ("estimate.working", self.working_bytes)]
@@ -232,23 +263,30 @@ def estimate_training_memory(
     parameter trainable."""
     if trainable_params < 0 or batch_size <= 0 or seq_len <= 0:
         raise ValueError("trainable_params, batch_size and seq_len must be positive")
-    bits = bits_per_weight(precision, quantization)
-    compute_bytes = 4 if precision == "fp32" else 2
-    other_params = max(shape.total_params - shape.linear_params, 0)
-    weights = int(shape.linear_params * bits / 8) + other_params * 4
     if full_finetune:
         trainable_params, trains_base_weights = shape.total_params, True
+    bits = bits_per_weight(precision, quantization, trains_base_weights)
+    compute_bytes = 4 if precision == "fp32" else 2
+    weights = base_weight_bytes(shape, precision, quantization, trains_base_weights)
     h, inter = shape.hidden_size, shape.intermediate_size or 4 * shape.hidden_size
-    per_token_layer = ACT_HIDDEN * h + (ACT_GATED_MLP if shape.gated_mlp else ACT_PLAIN_MLP) * inter
+    hidden_numbers = ACT_HIDDEN * h
+    inter_numbers = (ACT_GATED_MLP if shape.gated_mlp else ACT_PLAIN_MLP) * inter
     if trains_base_weights:
-        per_token_layer += ACT_TRAINED_LINEAR_INPUTS_HIDDEN * h + inter
+        hidden_numbers += ACT_TRAINED_LINEAR_INPUTS_HIDDEN * h
+        inter_numbers += inter
+    # Trained base tensors stay fp32, the embeddings with them, so the residual stream is fp32 too.
+    hidden_bytes = 4 if trains_base_weights else compute_bytes
+    per_token_layer = hidden_numbers * hidden_bytes + inter_numbers * compute_bytes
+    if shape.rms_norm and compute_bytes == 2:
+        per_token_layer += ACT_RMS_NORM_FP32 * h * 4
     if shape.attention_dropout > 0:
-        per_token_layer += ACT_ATTENTION_PROBS * shape.num_heads * seq_len
+        per_token_layer += ACT_ATTENTION_PROBS * shape.num_heads * seq_len * 4
     tokens = batch_size * seq_len
-    activations = tokens * shape.num_layers * per_token_layer * compute_bytes
+    activations = tokens * shape.num_layers * per_token_layer
     logits = 0
     if task == "CAUSAL_LM":
-        logits = tokens * shape.vocab_size * (4 * LOGIT_COPIES_FP32 + (compute_bytes if compute_bytes == 2 else 0))
+        rows = min(tokens, LOSS_CHUNK_ROWS)
+        logits = rows * shape.vocab_size * (4 * LOGIT_COPIES_FP32 + (compute_bytes if compute_bytes == 2 else 0))
     if trains_base_weights:
         # Two AdamW moments (+ the bf16 copy autocast caches); the gradients appear layer by layer
         # as backward frees the activations, so only what exceeds the activations adds to the peak.
@@ -265,6 +303,23 @@ def estimate_training_memory(
         bits_per_weight=bits,
         quantization=quantization,
     )
+
+
+def base_weight_bytes(shape: ModelShape, precision: str, quantization: str = "none",
+                      trains_base_weights: bool = False) -> int:
+    """Bytes of the model's own parameters and buffers as the engine holds them for this run (see the
+    module docstring): quantized layers as ``tuners.quant`` stores them, the rest at the storage
+    width; buffers as they are."""
+    stored = 4 if precision == "fp32" or trains_base_weights else 2
+    if quantization == "none":
+        return shape.total_params * stored + shape.buffer_bytes
+    if shape.quantizable:
+        linear = quantized_bytes(shape.quantizable, quantization)
+    else:
+        linear = int(shape.linear_params * bits_per_weight(precision, quantization) / 8)
+    biases = shape.quantizable_bias_params  # a quantized layer keeps its bias as loaded: fp32
+    other = max(shape.total_params - shape.linear_params - biases, 0)
+    return linear + biases * 4 + other * stored + shape.buffer_bytes
 
 
 def human_bytes(n: float) -> str:

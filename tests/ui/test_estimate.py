@@ -9,14 +9,18 @@ import math
 from dataclasses import replace
 
 import pytest
+import torch
 
+from app.core.options import LOSS_CHUNK_ROWS
 from app.services.estimate import (
     ModelShape,
     WorkerMemory,
+    base_weight_bytes,
     bits_per_weight,
     estimate_training_memory,
     fit_verdict,
     human_bytes,
+    quantized_bytes,
     ram_memory,
 )
 from app.services.method_form import build_config, count_trainable, meta_model
@@ -30,7 +34,7 @@ SHAPE = ModelShape(
 
 @pytest.mark.parametrize(
     ("precision", "quant", "bits"),
-    [("fp32", "none", 32.0), ("bf16", "none", 32.0), ("bf16", "int8", 8.0), ("bf16", "nf4", 4.5),
+    [("fp32", "none", 32.0), ("bf16", "none", 16.0), ("bf16", "int8", 8.0), ("bf16", "nf4", 4.5),
      ("bf16", "nf4-dq", 4 + 8 / 64 + 32 / (64 * 256))],
 )
 def test_bits_per_weight_follow_the_storage_format(precision, quant, bits):
@@ -46,13 +50,32 @@ def test_unknown_quantization_is_refused_by_name():
         bits_per_weight("bf16", "fp8")
 
 
-def test_quantized_weights_take_the_expected_share_of_full_precision():
-    full = estimate_training_memory(SHAPE, 1_000_000, "bf16", "none")
+def test_weights_are_priced_in_the_width_the_engine_stores_them():
+    fp32 = estimate_training_memory(SHAPE, 1_000_000, "fp32", "none")
+    bf16 = estimate_training_memory(SHAPE, 1_000_000, "bf16", "none")
     nf4 = estimate_training_memory(SHAPE, 1_000_000, "bf16", "nf4")
-    other = (SHAPE.total_params - SHAPE.linear_params) * 4  # embeddings and norms stay fp32
-    assert full.weights_bytes == SHAPE.linear_params * 4 + other  # the engine keeps fp32 and autocasts
+    assert fp32.weights_bytes == SHAPE.total_params * 4
+    assert bf16.weights_bytes == SHAPE.total_params * 2  # a bf16 run stores its frozen base in bf16
+    other = (SHAPE.total_params - SHAPE.linear_params) * 2  # embeddings and norms: not quantized, bf16
     assert nf4.weights_bytes == int(SHAPE.linear_params * 4.5 / 8) + other
-    assert nf4.activations_bytes == full.activations_bytes
+    assert nf4.activations_bytes == bf16.activations_bytes
+    # A method that trains the model's own tensors keeps them (and so the base) fp32.
+    full = estimate_training_memory(SHAPE, 0, "bf16", "none", full_finetune=True)
+    assert full.weights_bytes == SHAPE.total_params * 4
+    assert [key for key, _ in bf16.parts()][0] == "estimate.weights.bf16"
+    assert [key for key, _ in fp32.parts()][0] == "estimate.weights.full"
+
+
+def test_quantized_weights_are_priced_as_tuners_stores_them():
+    from tuners.quant import QuantizedLinear
+
+    shape = replace(SHAPE, quantizable=((576, 576), (1536, 576), (192, 576)), linear_params=576 * (576 + 1536 + 192))
+    for quantization, bits, dq in (("nf4-dq", 4, True), ("nf4", 4, False), ("int8", 8, False)):
+        stored = sum(QuantizedLinear(torch.zeros(o, i), None, bits=bits, double_quant=dq).storage_bytes()
+                     for o, i in shape.quantizable)
+        assert quantized_bytes(shape.quantizable, quantization) == stored
+        other = (shape.total_params - shape.linear_params) * 2
+        assert base_weight_bytes(shape, "bf16", quantization) == stored + other
 
 
 def test_new_adapter_weights_cost_sixteen_bytes_and_trained_base_weights_twelve():
@@ -90,49 +113,66 @@ def test_classification_has_no_vocabulary_sized_output():
     causal = estimate_training_memory(SHAPE, 0, "fp32", batch_size=8, seq_len=512)
     seq_cls = estimate_training_memory(SHAPE, 0, "fp32", batch_size=8, seq_len=512, task="SEQ_CLS")
     assert seq_cls.logits_bytes == 0
-    assert causal.logits_bytes == 8 * 512 * SHAPE.vocab_size * 12  # logits, log-softmax, its gradient
+    # The loss scores one chunk of rows at a time: the scores, their log-softmax and its gradient.
+    assert causal.logits_bytes == LOSS_CHUNK_ROWS * SHAPE.vocab_size * 12
 
 
-def _saved_activation_bytes(model, batch, vocab_size: int) -> int:
-    """Bytes of the tensors autograd keeps for backward (not parameters, not the vocabulary-sized ones)."""
+def test_only_one_chunk_of_scores_exists_at_once():
+    short = estimate_training_memory(SHAPE, 0, "bf16", batch_size=1, seq_len=256)
+    long = estimate_training_memory(SHAPE, 0, "bf16", batch_size=8, seq_len=512)
+    assert short.logits_bytes == 256 * SHAPE.vocab_size * 14  # fewer rows than a chunk: all of them
+    assert long.logits_bytes == LOSS_CHUNK_ROWS * SHAPE.vocab_size * 14  # + the bf16 output of the head
+
+
+def _saved_activation_bytes(model, batch, vocab_size: int, bf16: bool = False) -> int:
+    """Bytes of the tensors autograd keeps for backward: not parameters, not the vocabulary-sized ones, and
+    not the bf16 copies autocast makes of trained fp32 weights (priced with the trained weights)."""
     import torch
 
     params = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    weight_shapes = {tuple(p.shape) for p in model.parameters() if p.dim() == 2}
     seen: dict[int, int] = {}
 
     def pack(tensor):
         key = tensor.untyped_storage().data_ptr()
-        if key not in params and tensor.shape[-1:] != (vocab_size,):
+        weight_copy = tensor.dtype == torch.bfloat16 and tuple(tensor.shape) in weight_shapes
+        if key not in params and tensor.shape[-1:] != (vocab_size,) and not weight_copy:
             seen[key] = tensor.untyped_storage().nbytes()
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         model(**batch)
     return sum(seen.values())
 
 
+@pytest.mark.parametrize("compute", ["fp32", "bf16"])
 @pytest.mark.parametrize(("family", "task", "method"), [
     ("llama", "CAUSAL_LM", {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}),
     ("llama", "CAUSAL_LM", {"peft_type": "FULL"}),
     ("bert", "SEQ_CLS", {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["query", "value"]}),
     ("bert", "SEQ_CLS", {"peft_type": "FULL"}),
 ])
-def test_activation_term_matches_what_autograd_keeps(family, task, method):
+def test_activation_term_matches_what_autograd_keeps(family, task, method, compute):
+    """In bf16 the model is stored as the engine stores it (frozen base in bf16) and run under autocast."""
     import torch
 
     import tuners
     from tests.support.tiny_models import tiny_model
+    from worker.precision import store_frozen_in
 
     torch.manual_seed(0)
     model = tiny_model(family, task, hidden_size=64, intermediate_size=172 if family == "llama" else 256)
     shape = ModelShape.from_model(model)
     tuned = tuners.apply(model, tuners.config_from_dict({**method, "task_type": task}).for_run(10))
+    if compute == "bf16":
+        store_frozen_in(tuned, torch.bfloat16)
     tuned.train()
     ids = torch.randint(5, 500, (2, 96))
     labels = torch.tensor([0, 1]) if task == "SEQ_CLS" else ids.clone()
     saved = _saved_activation_bytes(tuned, {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                                            "labels": labels}, shape.vocab_size)
-    est = estimate_training_memory(shape, 0, "fp32", "none", batch_size=2, seq_len=96, task=task,
+                                            "labels": labels}, shape.vocab_size, bf16=compute == "bf16")
+    est = estimate_training_memory(shape, 0, compute, "none", batch_size=2, seq_len=96, task=task,
                                    trains_base_weights=method["peft_type"] == "FULL")
     assert 0.85 <= est.activations_bytes / saved <= 1.2, (est.activations_bytes, saved)
 

@@ -16,7 +16,7 @@ from torch import nn
 from tuners.config import ConfigError
 from tuners.layers import AdapterLayer, replace_module
 from tuners.quant.int8 import dequantize_int8, quantize_int8
-from tuners.quant.linear import COMPUTE_DTYPES, DequantizedMatmul, PackedWeight, QuantizedLinear
+from tuners.quant.linear import COMPUTE_DTYPES, DequantizedMatmul, PackedWeight, QuantizedLinear, stored_bytes
 from tuners.quant.nf4 import NF4Weight, dequantize_nf4, quantize_nf4
 from tuners.targets import head_module_names, linear_dims, matches
 
@@ -30,8 +30,10 @@ __all__ = [
     "dequantize_nf4",
     "quantize_int8",
     "quantize_model",
+    "quantizable_layers",
     "quantize_nf4",
     "quantized_layers",
+    "stored_bytes",
 ]
 
 
@@ -56,19 +58,29 @@ def quantize_model(
         raise ConfigError(f"blocksize: must be a positive even number, got {blocksize!r}")
     if any(isinstance(m, AdapterLayer) for m in model.modules()):
         raise ConfigError("quantize: the model already carries adapters; quantize the base model first, then apply")
-    keep = set(head_module_names(model))
-    keep_fp32 = list(getattr(model, "_keep_in_fp32_modules", None) or [])
-    skip = list(skip)
-    for name, module in list(model.named_modules()):
-        if not name or linear_dims(module) is None or getattr(module, "is_quantized_linear", False):
-            continue
-        if any(name == h or name.startswith(h + ".") for h in keep) or matches(name, skip) or matches(name, keep_fp32):
-            continue
+    for name, module in quantizable_layers(model, skip):
         layer = QuantizedLinear.from_linear(
             module, bits=bits, double_quant=double_quant, compute_dtype=compute_dtype, blocksize=blocksize
         )
         replace_module(model, name, layer)
     return model
+
+
+def quantizable_layers(model: nn.Module, skip: list[str] | tuple[str, ...] = ()) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the linear layers :func:`quantize_model` replaces: every linear layer but the
+    heads, the model's ``_keep_in_fp32_modules`` and ``skip``. Works on a meta-device model, so a
+    memory estimate prices exactly the layers a run quantizes."""
+    keep = set(head_module_names(model))
+    keep_fp32 = list(getattr(model, "_keep_in_fp32_modules", None) or [])
+    skip = list(skip)
+    layers = []
+    for name, module in model.named_modules():
+        if not name or linear_dims(module) is None or getattr(module, "is_quantized_linear", False):
+            continue
+        if any(name == h or name.startswith(h + ".") for h in keep) or matches(name, skip) or matches(name, keep_fp32):
+            continue
+        layers.append((name, module))
+    return layers
 
 
 def quantized_layers(model: nn.Module) -> dict[str, QuantizedLinear]:

@@ -20,6 +20,7 @@ from torch import nn
 
 from tuners.quant.int8 import dequantize_int8, quantize_int8
 from tuners.quant.nf4 import (
+    ABSMAX_BLOCKSIZE,
     BLOCKSIZE,
     NF4Weight,
     dequantize_packed,
@@ -41,6 +42,23 @@ class PackedWeight(nn.Parameter):
 
     def __new__(cls, data: torch.Tensor | None = None, requires_grad: bool = False):
         return super().__new__(cls, data, requires_grad=False)
+
+
+def stored_bytes(out_features: int, in_features: int, bits: int = 4, double_quant: bool = True,
+                 blocksize: int = BLOCKSIZE) -> int:
+    """Bytes :class:`QuantizedLinear` keeps for an (out, in) weight, bias excluded, without quantizing it:
+    what a memory estimate prices (equal to ``QuantizedLinear.storage_bytes()``).
+
+    int8: one byte a weight + an fp32 absmax per row. NF4: two codes a byte + an fp32 absmax per block;
+    double quantized, a uint8 absmax per block + an fp32 scale per 256 blocks + one fp32 offset."""
+    n = out_features * in_features
+    if bits == 8:
+        return n + 4 * out_features
+    blocks = -(n // -blocksize)
+    packed = -(n // -2)
+    if double_quant:
+        return packed + blocks + 4 * -(blocks // -ABSMAX_BLOCKSIZE) + 4
+    return packed + 4 * blocks
 
 
 class DequantizedMatmul(torch.autograd.Function):
