@@ -1,21 +1,26 @@
 """Does the studio's quick preset teach every method something, at the method's own learning rate?
 
-    .venv/bin/python bench/quick_preset.py                        # every method, both tasks
-    .venv/bin/python bench/quick_preset.py --tasks cls --methods IA3,LORA
+    nice .venv/bin/python bench/quick_preset.py                             # every method, both tasks
+    nice .venv/bin/python bench/quick_preset.py --task cls --methods LORA,IA3,PROMPT_TUNING
+    nice .venv/bin/python bench/quick_preset.py --fresh                     # forget earlier rows
 
 Each run is what a person gets in the studio who picks the method, keeps its form defaults and the
-quick preset (``app.services.wizard.preset_values("quick", method)``: 30 steps, batch 4, eval every
-10, the method's declared learning rate), trained through the real engine (``worker.engine.train``):
+quick preset, sized for the data as the studio sizes it (``app.services.wizard.preset_values("quick",
+method, task=..., train_rows=...)``: about one epoch, two for a classifier, between 30 and 150 steps of
+batch 8; the method's declared learning rate), trained through the real engine (``worker.engine.train``):
 
 - ``cls``: the bundled drug-review demo (3 sentiment classes) on the bundled all-MiniLM-L6-v2,
-  sequences cut at 128 tokens. Passes when the final eval accuracy beats the majority class's share
-  of the validation split (always answering the commonest label); "eval loss" is shown too.
+  sequences cut at 128 tokens. Passes when the final eval accuracy (whole validation split) beats the
+  majority class's share of that split (always answering the commonest label).
 - ``causal``: the bundled ChatterBot demo (chat) on a tiny random Llama with the SmolLM2 tokenizer
   (tests/support/tiny_models.py), 128 tokens. Passes when the eval loss at the end is below the eval
-  loss at step 0 (same examples).
+  loss at step 0 on the same examples.
 
-The table is printed and written to ``bench/results/quick_preset.json``. Runs one method at a time
-in this process; a method that fails to build or train is reported with its error, not skipped.
+Resumable: every finished row is written to ``bench/results/quick_preset.json`` at once, and a later
+call skips the (task, method) pairs already there with the same preset (lr, steps, batch) and no error,
+so an interrupted table is finished by calling it again (``--fresh`` measures everything again). The
+table of every row in the file is printed at the end. A method that fails to build or train is
+reported with its error, not skipped.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Llama-only methods (LLaMA-Adapter) and methods a BERT classifier cannot take are reported as such.
 TASKS = ("cls", "causal")
+MODEL_TASK = {"cls": "SEQ_CLS", "causal": "CAUSAL_LM"}
+MINILM = "all-MiniLM-L6-v2"
+VAL_FRACTION = 0.1  # the studio's default
 
 
 def method_section(peft_type: str, task: str) -> dict:
@@ -45,50 +52,60 @@ def method_section(peft_type: str, task: str) -> dict:
     return {"peft_type": peft_type, **config_values(config)}
 
 
-def spec_for(peft_type: str, task: str, model: str, dataset: str, steps: int | None, lr: float | None = None) -> dict:
+def training_rows(dataset: Path) -> int:
+    """The rows a run trains on as the studio counts them when it sizes a preset
+    (``app.services.data_preview.training_rows``: the registered rows less the held-out share)."""
+    from app.data import Limits, check_data_file
+    from app.data.prepare import split_sizes
+
+    return split_sizes(len(check_data_file(dataset, Limits()).table.rows), VAL_FRACTION)[0]
+
+
+def spec_for(peft_type: str, task: str, model: str, dataset: Path, *, steps: int | None = None,
+             lr: float | None = None, device: str = "cpu") -> dict:
     from app.services.wizard import preset_values
 
-    p = preset_values("quick", peft_type)
-    if lr is not None:
-        p["learning_rate"] = lr
+    p = preset_values("quick", peft_type, task=MODEL_TASK[task], train_rows=training_rows(dataset))
     cls = task == "cls"
     return {
         "name": f"quick-{task}-{peft_type.lower()}",
-        "model": {"name": model, "task": "SEQ_CLS" if cls else "CAUSAL_LM"},
-        "data": {"dataset": dataset, "shape": "classification" if cls else "auto", "max_length": 128},
-        "method": method_section(peft_type, "SEQ_CLS" if cls else "CAUSAL_LM"),
-        "training": {"epochs": p["epochs"], "max_steps": steps or p["max_steps"], "batch_size": p["batch_size"],
-                     "learning_rate": p["learning_rate"], "eval_every": p["eval_every"], "device": "cpu",
-                     "bf16": False},
+        "model": {"name": model, "task": MODEL_TASK[task]},
+        "data": {"dataset": str(dataset), "shape": "classification" if cls else "auto", "max_length": 128,
+                 "val_fraction": VAL_FRACTION},
+        "method": method_section(peft_type, MODEL_TASK[task]),
+        "training": {"epochs": p["epochs"], "max_steps": steps or p["max_steps"] or None,
+                     "batch_size": p["batch_size"], "learning_rate": lr or p["learning_rate"],
+                     "eval_every": p["eval_every"], "device": device, "bf16": False},
     }
 
 
-def majority_share(model: str, dataset: str, work: Path) -> float:
-    """The majority class's share of the validation split the engine evaluates on (same seed, same
-    preparation as every run here), i.e. the accuracy of always answering the commonest label."""
+def majority_share(dataset: Path, work: Path) -> float:
+    """The majority class's share of the validation split the engine evaluates on at the end (same seed,
+    same preparation as every run here): the accuracy of always answering the commonest label."""
     from app.core.models import load_tokenizer, resolve_model
     from app.core.spec import RunSpec
     from app.data.pipeline import prepare_for_run
     from app.data.sources import resolve_dataset_file
     from worker.engine import MemoryReporter
 
-    spec = RunSpec.from_dict(spec_for("LORA", "cls", model, dataset, None))
+    spec = RunSpec.from_dict(spec_for("LORA", "cls", MINILM, dataset))
     tokenizer = load_tokenizer(resolve_model(spec.model.name, work / "models"), False)
     prepared, _ = prepare_for_run(spec, tokenizer, resolve_dataset_file, MemoryReporter().log)
     labels = Counter(int(e.get("label", e.get("labels"))) for e in prepared.eval)
     return max(labels.values()) / sum(labels.values())
 
 
-def run_one(peft_type: str, task: str, model: str, dataset: str, work: Path, steps: int | None,
-            lr: float | None = None) -> dict:
+def run_one(spec_dict: dict, task: str, work: Path) -> dict:
     from app.core.spec import RunSpec
     from worker.engine import MemoryReporter, train
 
-    row: dict = {"method": peft_type, "task": task}
+    peft_type = spec_dict["method"]["peft_type"]
+    t = spec_dict["training"]
+    row: dict = {"task": task, "method": peft_type, "lr": t["learning_rate"], "steps": t["max_steps"],
+                 "batch_size": t["batch_size"]}
     started = time.perf_counter()
     try:
-        spec = RunSpec.from_dict(spec_for(peft_type, task, model, dataset, steps, lr))
-        row["lr"] = spec.training.learning_rate
+        spec = RunSpec.from_dict(spec_dict)
         reporter = MemoryReporter()
         result = train(spec, work / f"{task}-{peft_type}", reporter, work / "models")
     except Exception as exc:  # noqa: BLE001 - a bench reports every failure and goes on
@@ -96,90 +113,125 @@ def run_one(peft_type: str, task: str, model: str, dataset: str, work: Path, ste
         return row
     evals = [p for p in reporter.points if p.split == "eval"]
     row.update(steps=result.steps, seconds=round(time.perf_counter() - started, 1),
-               eval_loss_start=evals[0].loss if evals else None, eval_loss_end=evals[-1].loss if evals else None)
-    # Same examples at both ends where the engine evaluates a sample before the last step.
-    same = getattr(result, "last_sample_eval_loss", None)
-    if same is not None:
-        row["eval_loss_end_same_sample"] = same
+               eval_loss_start=result.first_eval_loss, eval_loss_end=result.last_eval_loss,
+               eval_loss_end_same_sample=result.last_sample_eval_loss)
     if task == "cls":
         row["accuracy_start"] = evals[0].accuracy if evals else None
         row["accuracy_end"] = evals[-1].accuracy if evals else None
     return row
 
 
+def judged(row: dict, share: float | None) -> dict:
+    if "error" in row:
+        row["learned"] = False
+    elif row["task"] == "cls":
+        row["majority_share"] = round(share, 3)
+        row["learned"] = row.get("accuracy_end") is not None and row["accuracy_end"] > share
+    else:
+        start, end = row.get("eval_loss_start"), row.get("eval_loss_end_same_sample") or row.get("eval_loss_end")
+        row["learned"] = start is not None and end is not None and end < start
+    return row
+
+
+def load_rows(path: Path) -> list[dict]:
+    try:
+        return list(json.loads(path.read_text(encoding="utf-8")).get("rows", []))
+    except (OSError, ValueError):
+        return []
+
+
+def save_rows(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps({"preset": "quick", "rows": rows}, indent=2) + "\n", encoding="utf-8")
+    partial.replace(path)
+
+
+def same_run(row: dict, spec_dict: dict, task: str) -> bool:
+    t = spec_dict["training"]
+    return (row.get("task") == task and row.get("method") == spec_dict["method"]["peft_type"]
+            and "error" not in row and row.get("lr") == t["learning_rate"] and row.get("steps") == t["max_steps"]
+            and row.get("batch_size") == t["batch_size"])
+
+
 def main() -> int:
+    import tuners
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--methods", help="comma-separated peft types (default: every method)")
-    ap.add_argument("--tasks", default=",".join(TASKS), help="cls, causal or both")
-    ap.add_argument("--steps", type=int, help="override the quick preset's 30 steps (for a smoke check)")
+    ap.add_argument("--methods", help=f"comma-separated peft types (default: all {len(tuners.METHODS)})")
+    ap.add_argument("--task", "--tasks", dest="task", default="both", choices=(*TASKS, "both"))
+    ap.add_argument("--steps", type=int, help="override the preset's steps (a smoke check; not resumed over)")
     ap.add_argument("--lr", type=float, help="try another learning rate than the method's (to pick a default)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--fresh", action="store_true", help="measure again the rows the results file already has")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "quick_preset.json"))
     args = ap.parse_args()
 
     import torch
 
-    import tuners
     from app.data.bundled import write_chatterbot, write_drug_reviews
     from tests.engine.helpers import save_tiny_model
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    torch.set_num_threads(max(1, args.threads))
     methods = args.methods.split(",") if args.methods else list(tuners.METHODS)
-    tasks = args.tasks.split(",")
-    rows = []
+    unknown = [m for m in methods if m not in tuners.METHODS]
+    if unknown:
+        ap.error(f"unknown methods {unknown}; choose from {', '.join(tuners.METHODS)}")
+    tasks = TASKS if args.task == "both" else (args.task,)
+    out = Path(args.out)
+    rows = [] if args.fresh else load_rows(out)
     with tempfile.TemporaryDirectory(prefix="quick-preset-") as tmp:
         work = Path(tmp)
         # The demo files as the studio writes them when a person picks the demo.
         reviews, chats = write_drug_reviews(work / "data"), write_chatterbot(work / "data")
-        share = majority_share("all-MiniLM-L6-v2", str(reviews), work)
-        llama = save_tiny_model(work / "tiny-llama")
+        share = majority_share(reviews, work) if "cls" in tasks else None
+        llama = save_tiny_model(work / "tiny-llama") if "causal" in tasks else None
         for task in tasks:
-            model, dataset = ("all-MiniLM-L6-v2", str(reviews)) if task == "cls" else (str(llama), str(chats))
+            model, dataset = (MINILM, reviews) if task == "cls" else (str(llama), chats)
             for peft_type in methods:
-                row = run_one(peft_type, task, model, dataset, work, args.steps, args.lr)
-                if task == "cls":
-                    row["majority_share"] = round(share, 3)
-                    acc = row.get("accuracy_end")
-                    row["learned"] = acc is not None and acc > share
-                else:
-                    start, end = row.get("eval_loss_start"), row.get("eval_loss_end_same_sample",
-                                                                        row.get("eval_loss_end"))
-                    row["learned"] = start is not None and end is not None and end < start
-                rows.append(row)
+                spec_dict = spec_for(peft_type, task, model, dataset, steps=args.steps, lr=args.lr,
+                                     device=args.device)
+                if not args.fresh and any(same_run(r, spec_dict, task) for r in rows):
+                    print(f"{task:<6} {peft_type:<15} done before (in {out.name}); --fresh measures it again")
+                    continue
+                row = judged(run_one(spec_dict, task, work), share)
+                rows = [r for r in rows if not (r.get("task") == task and r.get("method") == peft_type)] + [row]
+                save_rows(out, rows)
                 print(format_row(row), flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"preset": "quick", "rows": rows}, indent=2) + "\n", encoding="utf-8")
-    print(f"\n{table(rows)}\nwritten to {out}")
+    print(f"\n{table(rows)}\n\nwritten to {out}")
     return 0
 
 
+def _loss(row: dict) -> str:
+    end = row.get("eval_loss_end_same_sample") or row.get("eval_loss_end")
+    return f"{row['eval_loss_start']:.3f} -> {end:.3f}" if row.get("eval_loss_start") is not None else "?"
+
+
 def format_row(row: dict) -> str:
+    head = f"{row['task']:<6} {row['method']:<15} lr {row['lr']:<7g} {row.get('steps')} steps"
     if "error" in row:
-        return f"{row['task']:<6} {row['method']:<15} error: {row['error']}"
+        return f"{head} error: {row['error']}"
+    verdict = f"{'learned' if row['learned'] else 'NOT LEARNED'} {row['seconds']}s"
     if row["task"] == "cls":
-        return (f"{row['task']:<6} {row['method']:<15} lr {row['lr']:<7g} accuracy {row['accuracy_start']:.3f} -> "
-                f"{row['accuracy_end']:.3f} (majority {row['majority_share']:.3f}) "
-                f"{'learned' if row['learned'] else 'NOT LEARNED'} {row['seconds']}s")
-    end = row.get("eval_loss_end_same_sample", row["eval_loss_end"])
-    return (f"{row['task']:<6} {row['method']:<15} lr {row['lr']:<7g} eval loss {row['eval_loss_start']:.3f} -> "
-            f"{end:.3f} {'learned' if row['learned'] else 'NOT LEARNED'} {row['seconds']}s")
+        return (f"{head} accuracy {row['accuracy_start']:.3f} -> {row['accuracy_end']:.3f} (majority "
+                f"{row['majority_share']:.3f}) eval loss {_loss(row)} {verdict}")
+    return f"{head} eval loss {_loss(row)} {verdict}"
 
 
 def table(rows: list[dict]) -> str:
-    """A Markdown table for the docs and the closing note."""
-    out = ["| task | method | lr | start | end | majority | learned |", "|---|---|---|---|---|---|---|"]
-    # cls rows: accuracy (eval loss) at step 0 -> after the last step
-    for r in rows:
+    """A Markdown table for docs/runs.md and the closing note (eval loss on the same sample at both ends)."""
+    out = ["| task | method | lr | steps × batch | accuracy start → end | majority | eval loss start → end | "
+           "learned |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (TASKS.index(r["task"]), r["method"])):
+        size = f"{r.get('steps')} × {r.get('batch_size')}"
         if "error" in r:
-            out.append(f"| {r['task']} | {r['method']} | {r.get('lr', '')} | error: {r['error'][:80]} | | | no |")
-        elif r["task"] == "cls":
-            out.append(f"| cls | {r['method']} | {r['lr']:g} | acc {r['accuracy_start']:.3f} (loss "
-                       f"{r['eval_loss_start']:.3f}) | acc {r['accuracy_end']:.3f} (loss {r['eval_loss_end']:.3f}) | "
-                       f"{r['majority_share']:.3f} | {'yes' if r['learned'] else 'NO'} |")
-        else:
-            end = r.get("eval_loss_end_same_sample", r["eval_loss_end"])
-            out.append(f"| causal | {r['method']} | {r['lr']:g} | loss {r['eval_loss_start']:.3f} | loss "
-                       f"{end:.3f} | | {'yes' if r['learned'] else 'NO'} |")
+            out.append(f"| {r['task']} | {r['method']} | {r['lr']:g} | {size} | error: {r['error'][:80]} | | | no |")
+            continue
+        accuracy = (f"{r['accuracy_start']:.3f} → {r['accuracy_end']:.3f}" if r["task"] == "cls" else "")
+        share = f"{r['majority_share']:.3f}" if r["task"] == "cls" else ""
+        out.append(f"| {r['task']} | {r['method']} | {r['lr']:g} | {size} | {accuracy} | {share} | "
+                   f"{_loss(r).replace('->', '→')} | {'yes' if r['learned'] else 'NO'} |")
     return "\n".join(out)
 
 
