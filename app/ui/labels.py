@@ -154,7 +154,8 @@ LABELS: dict[str, str] = {
     # --- end of method-step field labels ------------------------------------------------------------
     # train step
     "train.preset": "Preset",
-    "train.preset.info": "quick: a short smoke run · balanced: a sensible default · thorough: longer. "
+    "train.preset.info": "quick: about one pass over your data (two for a classifier), 30–150 steps · "
+    "balanced: 2 epochs · thorough: 4 epochs. "
     "Every preset uses the chosen method's own learning rate.",
     "train.name": "Run name",
     "train.epochs": "Epochs",
