@@ -34,10 +34,12 @@ from app.data.prepare import IGNORE
 from app.data.sources import DatasetResolver, resolve_dataset_file
 from worker.best_adapter import BEST, best_dir, clear_best, replace_best
 from worker.checkpoints import CHECKPOINTS, STATE_FILE, checkpoint_dir, is_complete, prune_checkpoints
+from worker.compilation import LENGTH_BUCKET, backend_name, compile_blocks, compile_wanted
 from worker.loss import chunked_lm_loss, head_detached, hidden_loss_breaks
-from worker.packing import REAL_TOKENS, pack_batch, packing_breaks, real_tokens
+from worker.packing import REAL_TOKENS, bucketed, pack_batch, packing_breaks, real_tokens
 from worker.precision import store_frozen_in, train_in_bf16
 from worker.prefetch import Batch, Prefetcher
+from worker.recompute import enable_gradient_checkpointing
 
 if TYPE_CHECKING:
     from tuners.model import TunedModel
@@ -127,9 +129,10 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------------------- batches and loss
-def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad token lists into a batch; labels pad with IGNORE (-100) so padding carries no loss."""
-    width = max(len(e["input_ids"]) for e in examples)
+def collate(examples: list[dict[str, Any]], pad_id: int, width: int = 0) -> dict[str, torch.Tensor]:
+    """Right-pad token lists into a batch (to ``width`` at least); labels pad with IGNORE (-100) so padding
+    carries no loss."""
+    width = max(width, *(len(e["input_ids"]) for e in examples))
     batch: dict[str, torch.Tensor] = {
         "input_ids": torch.tensor(
             [list(e["input_ids"]) + [pad_id] * (width - len(e["input_ids"])) for e in examples]),
@@ -466,6 +469,7 @@ class TrainingRecipe:
         self.extra_metrics = list(metrics)
         self.training = spec.training
         self.stopped_early: str | None = None
+        self.length_bucket = 1  # batches' lengths are multiples of this (within max_length) for compiled blocks
 
     # ------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -478,6 +482,7 @@ class TrainingRecipe:
         self._setup_data()
         seed_everything(self.training.seed)
         self._setup_model()
+        self._setup_compute()
         self._setup_optimizer()
         self._setup_eval()
         t = self.training
@@ -554,6 +559,51 @@ class TrainingRecipe:
         peft_ok, reason = tuned.method.peft_loads(tuned, tuned.active_adapter)
         if not peft_ok:
             self.reporter.log(f"method: note: {reason}; the adapter will load with TuneStudio's tuners only")
+
+    def _setup_compute(self) -> None:
+        """How a step computes, never what: gradient checkpointing (``training.gradient_checkpointing``,
+        worker.recompute) and the model's blocks compiled (``training.compile``, worker.compilation), with
+        batch lengths bucketed for them; a compile that fails falls back to eager, saying why."""
+        if self.training.gradient_checkpointing:
+            reason = enable_gradient_checkpointing(self.tuned.model)
+            if reason is None:
+                self.reporter.log("memory: gradient checkpointing: each block keeps only its input and "
+                                  "recomputes its activations in backward")
+            else:
+                self.reporter.log(f"memory: no gradient checkpointing: {reason}", "warn")
+        wanted, why = compile_wanted(self.training.compile, self.device)
+        if not wanted:
+            self.reporter.log(f"speed: the model's blocks run eager: {why}")
+            return
+        self.length_bucket = LENGTH_BUCKET
+        count, reason = compile_blocks(self.tuned.model, self._compile_trial)
+        if reason is not None:
+            self.length_bucket = 1
+            self.reporter.log(f"speed: the model's blocks run eager: compiling them failed ({reason})", "warn")
+            return
+        self.reporter.log(f"speed: {count} blocks compiled (torch.compile, {backend_name()}; {why}); batch lengths "
+                          f"padded to multiples of {LENGTH_BUCKET} tokens")
+
+    def _compile_trial(self) -> None:
+        """A training forward and backward (and an eval forward, when the run evaluates) on the first
+        training examples, so the compiled blocks compile now, where a failure can still fall back; random
+        state, gradients and the model's mode are left as they were."""
+        batch = self._batch(range(min(self.training.batch_size, len(self.train_data))), self.train_data)
+        random_state, was_training = rng_state(), self.tuned.training
+        try:
+            self.tuned.train()
+            with self._autocast():
+                summed = self._summed_loss(batch)
+            summed.backward()
+            if self.eval_data:
+                self.tuned.eval()
+                with torch.no_grad(), self._autocast():
+                    self._summed_loss(batch)
+        finally:
+            self.tuned.train(was_training)
+            for param in self.params:
+                param.grad = None
+            set_rng_state(random_state)
 
     def _setup_optimizer(self) -> None:
         t = self.training
@@ -753,9 +803,10 @@ class TrainingRecipe:
         :meth:`_choose_batches`, unless ``packed`` says otherwise) and on the device."""
         examples = split.take(indices)
         if self.packed if packed is None else packed:
-            batch = pack_batch(examples, self.pad_id, self.row_width)
+            batch = pack_batch(examples, self.pad_id, self.row_width, self.length_bucket)
         else:
-            batch = collate(examples, self.pad_id)
+            longest = max(len(e["input_ids"]) for e in examples)
+            batch = collate(examples, self.pad_id, bucketed(longest, self.spec.data.max_length, self.length_bucket))
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def _autocast(self) -> torch.autocast:

@@ -65,11 +65,17 @@ def assign_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
         rows += 1
 
 
-def pack_batch(examples: Sequence[dict[str, Any]], pad_id: int, width: int) -> dict[str, Any]:
+def bucketed(length: int, limit: int, bucket: int) -> int:
+    """``length`` rounded up to a multiple of ``bucket``, but not past ``limit`` (the run's row width) unless
+    ``length`` itself is longer: the few row lengths a compiled model sees (worker.compilation)."""
+    return max(length, min(math.ceil(length / bucket) * bucket, limit))
+
+
+def pack_batch(examples: Sequence[dict[str, Any]], pad_id: int, width: int, bucket: int = 1) -> dict[str, Any]:
     """``input_ids``, ``position_ids`` and ``labels`` rows (see the module docstring) and the count of real
-    tokens under :data:`REAL_TOKENS`. Rows shorter than the longest end in ``pad_id`` tokens whose
-    positions continue the row's last example: a causal model's earlier tokens never see them, and
-    they carry no label."""
+    tokens under :data:`REAL_TOKENS`. Rows shorter than the longest (rounded up to a multiple of
+    ``bucket``, within ``width``: :func:`bucketed`) end in ``pad_id`` tokens whose positions continue the
+    row's last example: a causal model's earlier tokens never see them, and they carry no label."""
     rows = assign_rows([len(e["input_ids"]) for e in examples], width)
     ids: list[list[int]] = []
     positions: list[list[int]] = []
@@ -91,7 +97,7 @@ def pack_batch(examples: Sequence[dict[str, Any]], pad_id: int, width: int) -> d
         ids.append(row_ids)
         positions.append(row_pos)
         labels.append(row_labels)
-    longest = max(len(r) for r in ids)
+    longest = bucketed(max(len(r) for r in ids), width, bucket)
     for row_ids, row_pos, row_labels in zip(ids, positions, labels, strict=True):
         tail = longest - len(row_ids)
         row_pos += range(row_pos[-1] + 1, row_pos[-1] + 1 + tail)

@@ -83,6 +83,11 @@ class TrainingSpec:
     log_every: int = 1
     seed: int = 42
     bf16: bool | str = "auto"
+    # torch.compile of the model's blocks: auto = where it pays (CUDA), true = also elsewhere, false = eager.
+    compile: bool | str = "auto"
+    # Recompute each block's activations in backward instead of keeping them: less memory, about a third
+    # more compute.
+    gradient_checkpointing: bool = False
     device: str = "auto"
 
 
@@ -244,6 +249,9 @@ class RunSpec:
         _int("training.seed", t.seed, lo=0)
         if t.bf16 not in (True, False, "auto"):
             raise SpecError("training.bf16", f"must be true, false or auto, got {t.bf16!r}")
+        if not (isinstance(t.compile, bool) or t.compile == "auto"):
+            raise SpecError("training.compile", f"must be true, false or auto, got {t.compile!r}")
+        _bool("training.gradient_checkpointing", t.gradient_checkpointing)
         if t.device not in DEVICES:
             raise SpecError("training.device", f"{t.device!r} is not one of {', '.join(DEVICES)}")
 
