@@ -23,6 +23,8 @@ QUANTIZATIONS: dict[str, tuple[str, bool]] = {
 }
 # The studio's compute-precision choice -> training.bf16 ("auto": bf16 where the GPU has it).
 COMPUTE_PRECISIONS: dict[str, bool | str] = {"auto": "auto", "bf16": True, "fp32": False}
+# The studio's compile choice -> training.compile ("auto": where it pays, see worker.compilation).
+COMPILE_CHOICES: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
 
 # Rows of hidden states the engine's causal-LM loss projects onto the vocabulary at a time
 # (worker.loss): the most output scores that exist at once, which the memory estimate prices.

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.catalog import bundled_model
-from app.core.options import COMPUTE_PRECISIONS, QUANTIZATIONS
+from app.core.options import COMPILE_CHOICES, COMPUTE_PRECISIONS, QUANTIZATIONS
 from app.core.spec import RunSpec
 from app.services.data_preview import roles_for
 from app.services.method_form import describe_method
@@ -24,7 +24,7 @@ DRAFT_VERSION = 1
 # method.choice and method.<PEFT_TYPE>.<field>, train.preset and train.<name> below, wizard.step.
 TRAIN_FIELDS = ("name", "epochs", "learning_rate", "batch_size", "max_steps", "grad_accum", "warmup_steps",
                 "scheduler", "weight_decay", "eval_every", "checkpoint_every", "seed", "early_stopping",
-                "early_stopping_patience")
+                "early_stopping_patience", "compile", "gradient_checkpointing")
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -90,6 +90,8 @@ def from_spec(spec: RunSpec, run_id: int) -> dict[str, Any]:
     # early stopping is one spec field (the patience, 0 = off), shown as a switch and a number
     values["train.early_stopping"] = t.early_stopping_patience > 0
     values["train.early_stopping_patience"] = t.early_stopping_patience or EARLY_STOPPING_PATIENCE
+    values["train.compile"] = next((k for k, v in COMPILE_CHOICES.items() if v == t.compile and type(v) is type(t.compile)),
+                                   "auto")
     return _draft(values)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import tuners
-from app.core.options import COMPUTE_PRECISIONS, QUANTIZATIONS
+from app.core.options import COMPILE_CHOICES, COMPUTE_PRECISIONS, QUANTIZATIONS
 from app.core.spec import DataSpec, ModelSpec, RunSpec, SpecError, TrainingSpec
 from app.core.tasks import task_for
 from app.services.method_form import build_config, config_values
@@ -139,6 +139,8 @@ class WizardChoices:
     # The spec's one field training.early_stopping_patience (0 = off), shown as a switch and a number.
     early_stopping: bool = False
     early_stopping_patience: int = EARLY_STOPPING_PATIENCE
+    compile: str = "auto"  # app.core.options.COMPILE_CHOICES
+    gradient_checkpointing: bool = False
 
 
 def build_spec(c: WizardChoices) -> RunSpec:
@@ -165,6 +167,7 @@ def build_spec(c: WizardChoices) -> RunSpec:
             weight_decay=float(c.weight_decay), warmup_steps=int(c.warmup_steps), scheduler=c.scheduler,
             eval_every=int(c.eval_every), checkpoint_every=int(c.checkpoint_every), seed=int(c.seed),
             early_stopping_patience=patience,
+            compile=COMPILE_CHOICES.get(c.compile, "auto"), gradient_checkpointing=bool(c.gradient_checkpointing),
             bf16=COMPUTE_PRECISIONS.get(c.precision, "auto"),
         ),
     )

@@ -174,6 +174,10 @@ LABELS: dict[str, str] = {
     "train.early_stopping.info": "Stop when the eval loss has not improved for the patience's number of evaluations "
                                  "in a row. Either way the best eval's adapter is kept as the run's adapter.",
     "train.early_stopping_patience": "Patience (evaluations without improvement)",
+    "train.compile": "Compile the model (torch.compile)",
+    "train.compile.info": "auto: on a GPU only, where it pays; the first step takes longer while it compiles",
+    "train.gradient_checkpointing": "Gradient checkpointing",
+    "train.gradient_checkpointing.info": "Less memory for activations, about a third more compute per step",
     "train.submit": "Start training",
     "train.yaml": "Equivalent spec (`tunestudio train spec.yaml`)",
     # --- train step: per-method learning rate (issue 11, recommended settings) ----------------------

@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 from gradio.blocks import Block
 
-from app.core.options import SCHEDULERS
+from app.core.options import COMPILE_CHOICES, SCHEDULERS
 from app.services.draft import TRAIN_FIELDS
 from app.services.wizard import (
     EARLY_STOPPING_PATIENCE,
@@ -68,6 +68,12 @@ def build(peft_type: str = "LORA") -> dict[str, Block]:
                                          elem_id="train-early-stopping")
             patience = gr.Number(EARLY_STOPPING_PATIENCE, precision=0, minimum=1,
                                  label=t("train.early_stopping_patience"), elem_id="train-early-stopping-patience")
+        with gr.Row():
+            compile_ = gr.Dropdown(list(COMPILE_CHOICES), value="auto", label=t("train.compile"),
+                                   info=t("train.compile.info"), elem_id="train-compile")
+            checkpointing = gr.Checkbox(False, label=t("train.gradient_checkpointing"),
+                                        info=t("train.gradient_checkpointing.info"),
+                                        elem_id="train-gradient-checkpointing")
     with gr.Accordion(t("train.yaml"), open=False):
         yaml = gr.Code(language="yaml", interactive=False, lines=12, max_lines=24, elem_id="train-yaml")
     message = gr.Markdown(elem_id="train-message")
@@ -78,7 +84,8 @@ def build(peft_type: str = "LORA") -> dict[str, Block]:
               "train.max_steps": max_steps, "train.grad_accum": grad_accum, "train.warmup_steps": warmup,
               "train.scheduler": scheduler, "train.weight_decay": weight_decay, "train.eval_every": eval_every,
               "train.checkpoint_every": checkpoint_every, "train.seed": seed, "train.early_stopping": early_stopping,
-              "train.early_stopping_patience": patience}
+              "train.early_stopping_patience": patience, "train.compile": compile_,
+              "train.gradient_checkpointing": checkpointing}
     if tuple(values) != VALUES:
         raise RuntimeError("the train step's fields must be app.services.draft.TRAIN_FIELDS")
     return {"train.preset": preset, **values, "train.lr_note": lr_note, "train.rate_method": rate_method,
