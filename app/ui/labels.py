@@ -65,8 +65,8 @@ LABELS: dict[str, str] = {
     "the sequence length, or store the weights in 4 bits (NF4).",
     "estimate.fit.unknown": "Needs about {need} GiB. The worker runs on another machine: check it has that much.",
     "estimate.why": "An estimate from the model's shape, checked against measured peaks (within a quarter). "
-    "Activations and vocabulary scores grow with batch × sequence length; 4-bit weights shrink only the "
-    "model-weights line.",
+    "Activations grow with batch × sequence length, the vocabulary scores only up to one chunk of tokens "
+    "(the loss scores a chunk at a time); 4-bit weights shrink only the model-weights line.",
     # data step
     "data.upload": "Upload a dataset (CSV, TSV, JSON, JSONL, Parquet, TXT, or a zip of one)",
     "data.bundled": "…or a bundled demo dataset",
