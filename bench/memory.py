@@ -1,6 +1,7 @@
 """Does the studio's memory estimate hold? Estimate vs measured peak memory of real training steps.
 
-    .venv/bin/python bench/memory.py                  # every case below (about 25 minutes on 2 shared cores)
+    .venv/bin/python bench/memory.py                  # every case below (24 fresh processes; SmolLM2 cases took
+                                                      # 6-22 min each on 2 cores under load 16-30)
     .venv/bin/python bench/memory.py --compute bf16   # only the bf16 cases
     .venv/bin/python bench/memory.py --report         # re-print the saved measurements against the
                                                       # current estimate (no training)
