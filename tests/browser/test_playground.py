@@ -31,6 +31,8 @@ WATCH_STATUS_JS = """() => {
     new MutationObserver(note).observe(box, {subtree: true, childList: true, characterData: true});
 }"""
 
+PENDING_TIMER = re.compile(r"^[\d.]+s\s+")
+
 MESSAGES_JS = """(id) => Array.from(document.querySelectorAll('#' + id + ' [data-testid="user"], #' + id
     + ' [data-testid="bot"]')).map(m => [m.getAttribute('data-testid'), m.innerText.trim()])"""
 
@@ -60,7 +62,8 @@ def send(page, text: str) -> list[str]:
     page.locator("#play-generate").click()
     page.wait_for_function("() => window.__statusSeen.some(s => s.startsWith('Done:'))", timeout=120_000)
     expect(field(page, "play-prompt")).to_have_value("")  # the message moved into the chats
-    return page.evaluate("() => window.__statusSeen")
+    # while an answer streams, Gradio puts its elapsed-time counter ("0.9s") before the status text
+    return [PENDING_TIMER.sub("", s) for s in page.evaluate("() => window.__statusSeen")]
 
 
 def test_playground_picks_the_run_and_chats_side_by_side(page, studio, tmp_path):
@@ -85,7 +88,9 @@ def test_playground_picks_the_run_and_chats_side_by_side(page, studio, tmp_path)
     # the second question reuses the loaded model; markup a person types shows as typed
     second = send(page, "And the <b>grass</b>?")
     assert not any(s.startswith("Loading run #") for s in second), second
-    assert any(s.startswith("Tuned model answering…") for s in second), second
+    # a tiny model may answer between two frames: then only the final line says the tuned model answered
+    assert any(s.startswith("Tuned model answering…") for s in second) or re.match(
+        r"Done: base \d+ tokens in [\d.]+ s · tuned [1-9]\d* tokens", second[-1]), second
     shot(page, "p2-playground-two-turns")
 
     for column in ("play-base", "play-tuned"):
