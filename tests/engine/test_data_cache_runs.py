@@ -12,19 +12,9 @@ from collections import Counter
 import pytest
 import transformers
 
-from app.core.settings import Settings
 from app.services import runs
-from app.services.context import Context
 from tests.engine.helpers import mapping_spec, save_tiny_model, write_mapping_csv
 from worker.tasks import execute_run
-
-
-@pytest.fixture
-def ctx(tmp_path):
-    c = Context.open(Settings.from_env({"TUNESTUDIO_HOME": str(tmp_path / "home"),
-                                        "TUNESTUDIO_DATA_ROOTS": str(tmp_path)}))
-    yield c
-    c.close()
 
 
 @pytest.fixture

@@ -11,12 +11,8 @@ import csv
 import json
 from pathlib import Path
 
-import pytest
-
 from app.core.refs import registered_ref
-from app.core.settings import Settings
 from app.services import data_preview, method_form, model_info, runs, wizard
-from app.services.context import Context
 from worker.tasks import execute_run
 
 MINILM = "all-MiniLM-L6-v2"
@@ -35,14 +31,6 @@ def write_colour_pairs(path: Path) -> Path:
                     writer.writerow([f"The {a} is {colour_a}.", f"The {b} is {colour_b}.",
                                      "same" if colour_a == colour_b else "different"])
     return path
-
-
-@pytest.fixture
-def ctx(tmp_path):
-    c = Context.open(Settings.from_env({"TUNESTUDIO_HOME": str(tmp_path / "home"),
-                                        "TUNESTUDIO_DATA_ROOTS": str(tmp_path)}))
-    yield c
-    c.close()
 
 
 def test_pair_classification_through_the_wizard_on_minilm_trains_a_classifier(ctx, tmp_path):

@@ -6,18 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from transformers import AutoTokenizer
 
 from app.core.models import load_tokenizer
-from app.core.settings import Settings
 from app.core.spec import RunSpec
 from app.data import IGNORE
 from app.data.chat import CHAT_TEMPLATE_FILE, DEFAULT_CHAT_TEMPLATE
 from app.data.pipeline import prepare_for_run
 from app.data.sources import resolve_dataset_file
 from app.services import playground, runs
-from app.services.context import Context
 from tests.engine.helpers import save_tiny_model
 from worker.tasks import execute_run
 
@@ -52,14 +49,6 @@ def prompt_parts(example: dict) -> list[list[int]]:
     """The ids in front of each trained span of a prepared example: what the model saw before it answered."""
     ids, labels = example["input_ids"], example["labels"]
     return [ids[:i] for i in range(len(ids)) if labels[i] != IGNORE and (i == 0 or labels[i - 1] == IGNORE)]
-
-
-@pytest.fixture
-def ctx(tmp_path):
-    c = Context.open(Settings.from_env({"TUNESTUDIO_HOME": str(tmp_path / "home"),
-                                        "TUNESTUDIO_DATA_ROOTS": str(tmp_path)}))
-    yield c
-    c.close()
 
 
 def test_the_playground_prompts_a_model_without_a_template_exactly_as_training_did(ctx, tmp_path):
