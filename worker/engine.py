@@ -32,6 +32,7 @@ from app.data.chat import chat_template_files
 from app.data.pipeline import prepare_for_run
 from app.data.prepare import IGNORE
 from app.data.sources import DatasetResolver, resolve_dataset_file
+from worker.attention import use_packed_attention, use_sdpa
 from worker.best_adapter import BEST, best_dir, clear_best, replace_best
 from worker.checkpoints import CHECKPOINTS, STATE_FILE, checkpoint_dir, is_complete, prune_checkpoints
 from worker.compilation import LENGTH_BUCKET, backend_name, compile_blocks, compile_wanted
@@ -771,16 +772,25 @@ class TrainingRecipe:
         limit = self.spec.data.max_length
         self.row_width = min(limit, self.max_positions) if self.max_positions else limit
         if method.forward is not None:
-            reason = f"{method.name} puts its own tokens before every example, which packed examples cannot share"
-        else:
-            n = len(self.train_data)
-            reason = packing_breaks(model, self.train_data[0]["input_ids"], self.train_data[1 % n]["input_ids"])
+            self.reporter.log(f"speed: padded batches: {method.name} puts its own tokens before every example, which "
+                              "packed examples cannot share")
+            return
+        n = len(self.train_data)
+        first, second = self.train_data[0]["input_ids"], self.train_data[1 % n]["input_ids"]
+        per_example = use_packed_attention(model)
+        reason = packing_breaks(model, first, second)
+        if per_example is None and reason is not None:
+            per_example = f"attending per example changed its outputs ({reason})"
+            use_sdpa(model)
+            reason = packing_breaks(model, first, second)
         if reason is not None:
             self.reporter.log(f"speed: padded batches: {reason}")
             return
         self.packed = True
+        how = ("each example attended to alone (no masked-out work)" if per_example is None
+               else f"each example attending only to itself through a block-diagonal mask; not per example: {per_example}")
         self.reporter.log(f"speed: padding-free batches: each micro-batch's examples end to end in rows of up to "
-                          f"{self.row_width} tokens, each example attending only to itself")
+                          f"{self.row_width} tokens, {how}")
 
     def _summed_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The batch's loss summed over its targets (see :func:`summed_loss`), from the hidden states where

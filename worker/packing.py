@@ -4,10 +4,11 @@ A padded batch of chat turns is mostly padding (the chatterbot demo: half its po
 padded position costs a full forward and backward through every layer. Here the examples of a
 micro-batch are laid end to end in ``rows`` rows of about equal length (no longer than the run's
 ``max_length`` unless one example is), with ``position_ids`` that restart at 0 at each example and
-no attention mask. transformers 5 (``masking_utils.find_packed_sequence_indices``) reads the
-restarts as sequence boundaries and builds a block-diagonal causal mask (sdpa, eager, flex) or
-variable-length attention (flash), so no example attends to another and each sees the positions
-it would see alone. Each example's first token gets no label: nothing predicts it across the
+no attention mask, and the examples' boundaries as flash attention's variable-length inputs
+(``cu_seq_lens_q``...). worker.attention attends to each example alone from those; other attention
+implementations read the restarts (``masking_utils.find_packed_sequence_indices``) and build a
+block-diagonal causal mask (sdpa, eager, flex) or use variable-length attention (flash). Either way no
+example attends to another and each sees the positions it would see alone. Each example's first token gets no label: nothing predicts it across the
 boundary (in a padded batch it is never a target either). The same examples thus give the same
 loss and gradients as a padded batch, on real tokens only; the rows' short tail (to the longest
 row) is the only padding left. Example order in the rows does not change a summed loss.
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from app.data.prepare import IGNORE
+from worker.attention import boundaries
 
 # Key of a packed batch's count of real tokens (every example token, no padding); not a model input.
 REAL_TOKENS = "real_tokens"
@@ -103,8 +105,9 @@ def pack_batch(examples: Sequence[dict[str, Any]], pad_id: int, width: int, buck
         row_pos += range(row_pos[-1] + 1, row_pos[-1] + 1 + tail)
         row_ids += [pad_id] * tail
         row_labels += [IGNORE] * tail
-    return {"input_ids": torch.tensor(ids), "position_ids": torch.tensor(positions), "labels": torch.tensor(labels),
-            REAL_TOKENS: sum(len(e["input_ids"]) for e in examples)}
+    position_ids = torch.tensor(positions)
+    return {"input_ids": torch.tensor(ids), "position_ids": position_ids, "labels": torch.tensor(labels),
+            **boundaries(position_ids), REAL_TOKENS: sum(len(e["input_ids"]) for e in examples)}
 
 
 def real_tokens(batch: dict[str, Any]) -> int:
@@ -129,7 +132,7 @@ def packing_breaks(model: nn.Module, first: Sequence[int], second: Sequence[int]
         with torch.no_grad():
             alone = torch.cat([model(input_ids=x.to(device), use_cache=False).logits for x in (a, b)], dim=1)
             packed = model(input_ids=packed_ids.to(device), position_ids=positions.to(device),
-                           use_cache=False).logits
+                           use_cache=False, **boundaries(positions)).logits
     except (TypeError, ValueError, RuntimeError) as error:
         return f"its forward refuses position ids without an attention mask ({type(error).__name__}: {error})"
     finally:

@@ -14,8 +14,9 @@ import transformers
 
 from app.core.spec import RunSpec
 from app.data.prepare import IGNORE
-from tests.engine.helpers import COLOURS, mapping_spec, save_tiny_model, write_mapping_csv
+from tests.engine.helpers import COLOURS, mapping_spec, save_tiny_model
 from tests.support.tiny_models import tokenizer
+from worker import attention
 from worker.engine import MemoryReporter, TrainingRecipe, collate
 from worker.packing import REAL_TOKENS, assign_rows, pack_batch, segment_lengths
 
@@ -153,8 +154,7 @@ def test_prompt_tuning_pads_and_the_log_says_why(tmp_path):
     assert "attention_mask" in recipe._batch([0, 1], recipe.train_data)
 
 
-def test_a_model_whose_attention_ignores_position_ids_pads_and_the_log_says_why(tmp_path):
-    """OPT's learned positions come from its attention mask: packed examples would see each other."""
+def _opt_recipe(tmp_path) -> TrainingRecipe:
     tok = tokenizer("llama")
     config = transformers.OPTConfig(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, word_embed_proj_dim=32,
@@ -163,10 +163,70 @@ def test_a_model_whose_attention_ignores_position_ids_pads_and_the_log_says_why(
     folder = tmp_path / "opt"
     transformers.OPTForCausalLM(config).save_pretrained(folder)
     tok.save_pretrained(folder)
-    spec = mapping_spec(folder, write_mapping_csv(tmp_path / "colours.csv", repeats=1), max_steps=1)
+    spec = mapping_spec(folder, _uneven_colours(tmp_path / "colours.csv"), max_steps=1)
     spec["method"] = {"peft_type": "LORA", "target_modules": ["q_proj", "v_proj"]}
     recipe = TrainingRecipe(RunSpec.from_dict(spec), tmp_path / "out", MemoryReporter(), tmp_path / "models")
     recipe.setup()
+    return recipe
+
+
+def test_a_model_whose_mask_ignores_restarting_positions_pads_when_it_cannot_attend_per_example(tmp_path, monkeypatch):
+    """OPT's sdpa mask does not read restarting positions as boundaries: packed examples would see each
+    other. Attending per example fixes that (next test); a model that cannot be switched to it pads."""
+    monkeypatch.setattr("worker.engine.use_packed_attention", lambda model: "its attention cannot be switched")
+    recipe = _opt_recipe(tmp_path)
 
     assert not recipe.packed
     assert any("padded batches" in line and "position ids" in line for line in recipe.reporter.lines)
+
+
+def test_opt_packs_through_per_example_attention_with_the_padded_loss_and_gradients(tmp_path):
+    recipe = _opt_recipe(tmp_path)
+    assert recipe.packed and recipe.tuned.model.config._attn_implementation == attention.NAME
+    assert any("each example attended to alone" in line for line in recipe.reporter.lines)
+    examples = [recipe.train_data[i] for i in range(6)]
+    padded_loss, padded_grads = _loss_and_grads(recipe, [collate(examples, recipe.pad_id)])
+    packed_loss, packed_grads = _loss_and_grads(recipe, [pack_batch(examples, recipe.pad_id, width=40)])
+    assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
+    for key in padded_grads:
+        torch.testing.assert_close(packed_grads[key], padded_grads[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_per_example_attention_equals_the_block_diagonal_mask_and_skips_the_masked_blocks(monkeypatch):
+    """Grouped-query heads (6 query heads on 2 key/value heads), two rows of three and two examples, the
+    second row with a padded tail: outputs and gradients equal sdpa with transformers' block-diagonal
+    causal mask, and the kernel is only ever called on one example's positions."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    class Heads(torch.nn.Module):
+        num_key_value_groups = 3
+        is_causal = True
+
+    positions = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 0, 1, 2], [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]])
+    segment = torch.stack([torch.cumsum((p == 0).int(), 0) for p in positions])
+    causal = torch.arange(10)[:, None] >= torch.arange(10)[None, :]
+    mask = (causal & (segment[:, :, None] == segment[:, None, :]))[:, None]
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, heads, 10, 8, generator=generator, requires_grad=True) for heads in (6, 2, 2))
+
+    expected, _ = sdpa_attention_forward(Heads(), q, k, v, mask, scaling=0.3)
+    expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
+    lengths = []
+    real = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda query, *a, **kw: lengths.append(tuple(query.shape[::2])) or real(query, *a, **kw))
+    got, _ = attention.packed_sdpa_forward(Heads(), q, k, v, mask, scaling=0.3, **attention.boundaries(positions))
+    grads = torch.autograd.grad(got.square().sum(), (q, k, v))
+
+    torch.testing.assert_close(got, expected)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e)
+    assert lengths == [(5, attention.GROUP_WIDTH_STEP)]  # five examples, each alone, not two rows of ten
+
+
+def test_examples_are_grouped_by_length_and_padded_with_the_pad_index():
+    groups = attention.example_groups([0, 3, 40, 45], pad=99, width_step=32)
+    assert [g.tolist() for g in groups] == [
+        [[0, 1, 2, *[99] * 29], [40, 41, 42, 43, 44, *[99] * 27]],
+        [[*range(3, 40), *[99] * 27]],
+    ]
