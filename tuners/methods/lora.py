@@ -139,9 +139,11 @@ class LoraLinear(AdapterLayer):
         name = self.active_adapter
         lora_A, lora_B = self.lora_A[name], self.lora_B[name]
         dropout, scale = self.lora_dropout[name], self.scaling[name]
-        x = x.to(lora_A.weight.dtype)
+        if not torch.is_autocast_enabled(x.device.type):  # under autocast the matmuls pick their own dtype
+            x = x.to(lora_A.weight.dtype)
         if name not in self.lora_magnitude_vector:
-            return result + (lora_B(lora_A(dropout(x))) * scale).to(result.dtype)
+            # Scaled at rank width (r columns), not at the output's: the same product, far fewer multiplies.
+            return result + lora_B(lora_A(dropout(x)) * scale).to(result.dtype)
         return result + self._dora_term(name, dropout, x, result).to(result.dtype)
 
     def _dora_term(self, name: str, dropout: nn.Module, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
