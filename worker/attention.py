@@ -104,6 +104,8 @@ def use_packed_attention(model: nn.Module) -> str | None:
     current = getattr(config, "_attn_implementation", None)
     if current != "sdpa":
         return f"the model's attention is {current!r}, not sdpa"
+    if getattr(config, "use_sliding_window", True) and getattr(config, "sliding_window", None):
+        return f"its attention has a sliding window ({config.sliding_window} tokens), which sdpa's mask applies"
     AttentionInterface.register(NAME, packed_sdpa_forward)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
     try:

@@ -32,7 +32,7 @@ from app.data.chat import chat_template_files
 from app.data.pipeline import prepare_for_run
 from app.data.prepare import IGNORE
 from app.data.sources import DatasetResolver, resolve_dataset_file
-from worker.attention import use_packed_attention, use_sdpa
+from worker.attention import BOUNDARY_KEYS, use_packed_attention, use_sdpa
 from worker.best_adapter import BEST, best_dir, clear_best, replace_best
 from worker.checkpoints import CHECKPOINTS, STATE_FILE, checkpoint_dir, is_complete, prune_checkpoints
 from worker.compilation import LENGTH_BUCKET, backend_name, compile_blocks, compile_wanted
@@ -577,9 +577,14 @@ class TrainingRecipe:
             self.reporter.log(f"speed: the model's blocks run eager: {why}")
             return
         self.length_bucket = LENGTH_BUCKET
+        per_example = self.per_example_attention
+        if per_example:  # a loop over each batch's examples cannot be traced: compiled blocks take sdpa's mask
+            use_sdpa(self.tuned.model)
+            self.per_example_attention = False
         count, reason = compile_blocks(self.tuned.model, self._compile_trial)
         if reason is not None:
             self.length_bucket = 1
+            self.per_example_attention = per_example and use_packed_attention(self.tuned.model) is None
             self.reporter.log(f"speed: the model's blocks run eager: compiling them failed ({reason})", "warn")
             return
         self.reporter.log(f"speed: {count} blocks compiled (torch.compile, {backend_name()}; {why}); batch lengths "
@@ -741,7 +746,8 @@ class TrainingRecipe:
         layer's keys and values for nothing)."""
         if self.task == "SEQ_2_SEQ_LM":
             return batch
-        inputs: dict[str, Any] = {k: v for k, v in batch.items() if k not in ("labels", REAL_TOKENS)}
+        dropped = ("labels", REAL_TOKENS) if self.per_example_attention else ("labels", REAL_TOKENS, *BOUNDARY_KEYS)
+        inputs: dict[str, Any] = {k: v for k, v in batch.items() if k not in dropped}
         if self.task == "CAUSAL_LM":
             inputs["use_cache"] = False
         return inputs
@@ -766,7 +772,7 @@ class TrainingRecipe:
         examples end to end in rows of up to ``max_length`` tokens, each attending only to itself. Checked
         once on the fp32 base; methods that put virtual tokens or a prefix before every example, and
         models whose attention does not read restarting position ids as boundaries, pad instead."""
-        self.packed = False
+        self.packed = self.per_example_attention = False
         if self.task != "CAUSAL_LM":
             return
         limit = self.spec.data.max_length
@@ -786,7 +792,7 @@ class TrainingRecipe:
         if reason is not None:
             self.reporter.log(f"speed: padded batches: {reason}")
             return
-        self.packed = True
+        self.packed, self.per_example_attention = True, per_example is None
         how = ("each example attended to alone (no masked-out work)" if per_example is None
                else f"each example attending only to itself through a block-diagonal mask; not per example: {per_example}")
         self.reporter.log(f"speed: padding-free batches: each micro-batch's examples end to end in rows of up to "

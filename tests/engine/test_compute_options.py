@@ -15,6 +15,7 @@ import torch
 import worker.compilation as compilation
 from app.core.spec import RunSpec, SpecError
 from tests.engine.helpers import mapping_spec, save_tiny_model, write_mapping_csv
+from worker import attention
 from worker.engine import MemoryReporter, TrainingRecipe
 from worker.packing import bucketed
 
@@ -53,6 +54,13 @@ def test_compiled_blocks_train_to_the_eager_losses_on_bucketed_lengths(job, back
     assert any("the model's blocks run eager: training.compile is false" in line for line in eager_log.lines)
     assert any(f"2 blocks compiled (torch.compile, {backend}" in line for line in log.lines), log.lines
     assert compiled.tuned.model.model.layers[0]._compiled_call_impl is not None
+    # Compiled blocks take sdpa's block-diagonal mask, and no per-batch example boundaries reach them
+    # (a loop over examples cannot be traced); eager packed runs attend per example.
+    assert compiled.tuned.model.config._attn_implementation == "sdpa"
+    assert eager.tuned.model.config._attn_implementation == attention.NAME
+    packed = compiled._batch(range(8), compiled.train_data)
+    assert "cu_seq_lens_q" in packed and "cu_seq_lens_q" not in compiled._model_inputs(packed)
+    assert "cu_seq_lens_q" in eager._model_inputs(eager._batch(range(8), eager.train_data))
 
     widths = {compiled._batch(range(i, i + 8), compiled.train_data)["input_ids"].shape[1] for i in range(0, 48, 8)}
     assert widths <= {64, 100} and 64 in widths  # a multiple of 64, or the row width (max_length)
@@ -78,6 +86,7 @@ def test_a_compile_that_fails_falls_back_to_eager_and_says_why(job, monkeypatch)
                       "(RuntimeError: no C++ compiler on this machine)"]
     assert not compilation.is_compiled(recipe.tuned)
     assert recipe.length_bucket == 1
+    assert recipe.per_example_attention and recipe.tuned.model.config._attn_implementation == attention.NAME
     recipe.train()  # trains eager, as if compile were off
     eager, eager_log = _recipe(job, "fallback-eager", compile=False, max_steps=2)
     eager.train()

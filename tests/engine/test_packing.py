@@ -230,3 +230,12 @@ def test_examples_are_grouped_by_length_and_padded_with_the_pad_index():
         [[0, 1, 2, *[99] * 29], [40, 41, 42, 43, 44, *[99] * 27]],
         [[*range(3, 40), *[99] * 27]],
     ]
+
+
+def test_a_model_with_a_sliding_window_keeps_sdpa_and_its_mask():
+    config = transformers.MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
+                                        sliding_window=16)
+    model = transformers.MistralForCausalLM(config)
+    assert "sliding window (16 tokens)" in attention.use_packed_attention(model)
+    assert model.config._attn_implementation == "sdpa"
