@@ -288,8 +288,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from app.registry.db import Registry
 
     Registry(settings.database_url).dispose()  # apply migrations before taking work
-    from app.core.contract import TRAIN_QUEUE
+    from app.core.contract import TRAIN_QUEUE, declare_train_queue
     from worker.celery_app import app
+
+    declare_train_queue(settings.broker_url)
 
     app.worker_main([
         "worker", "--pool=solo", "--concurrency=1", f"--queues={TRAIN_QUEUE}", f"--hostname=tunestudio-{args.name}@%h",

@@ -29,6 +29,9 @@ class Context:
         """A Celery client used only to send "start run N" by task name (no worker code imported)."""
         from celery import Celery
 
+        from app.core.contract import declare_train_queue
+
+        declare_train_queue(self.settings.broker_url)
         client = Celery("tunestudio", broker=self.settings.broker_url)
         client.conf.update(broker_connection_retry_on_startup=True, task_ignore_result=True)
         return client
