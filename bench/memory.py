@@ -181,14 +181,13 @@ def run_case(model: str, recipe: str, seq_len: int, compute: str, batch: int, st
 # ----------------------------------------------------------------------------- parent: estimate and table
 def estimate_for(case: dict):
     """The estimate the model step shows for this case (same shape, method and numbers)."""
-    from app.services import estimate, model_info
+    from app.services import model_info
 
     info = model_info.describe_model(case["model"])
-    return estimate.estimate_training_memory(
-        info.shape, case["trainable_params"], precision=case.get("compute", "fp32"),
-        quantization="nf4-dq" if case["precision"] == "nf4" else "none",
-        batch_size=case["batch"], seq_len=case["seq_len"], task=case["task"],
-        trains_base_weights=case["peft_type"] == "FULL",
+    return model_info.estimate_memory(
+        info, case["trainable_params"], case.get("compute", "fp32"),
+        "nf4-dq" if case["precision"] == "nf4" else "none", case["batch"], case["seq_len"],
+        peft_type=case["peft_type"], data_shape="classification" if case["task"] == "SEQ_CLS" else None,
     )
 
 

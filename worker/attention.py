@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from app.core.models import sliding_window
+
 NAME = "tunestudio_packed_sdpa"
 # The model inputs that carry a packed batch's example boundaries (flash attention's names).
 BOUNDARY_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
@@ -104,8 +106,9 @@ def use_packed_attention(model: nn.Module) -> str | None:
     current = getattr(config, "_attn_implementation", None)
     if current != "sdpa":
         return f"the model's attention is {current!r}, not sdpa"
-    if getattr(config, "use_sliding_window", True) and getattr(config, "sliding_window", None):
-        return f"its attention has a sliding window ({config.sliding_window} tokens), which sdpa's mask applies"
+    window = sliding_window(config)
+    if window:
+        return f"its attention has a sliding window ({window} tokens), which sdpa's mask applies"
     AttentionInterface.register(NAME, packed_sdpa_forward)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
     try:

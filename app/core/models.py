@@ -238,6 +238,14 @@ def release_checkpoint(model: Any) -> int:
 MADV_PAGEOUT = 21  # linux/mman.h: reclaim these pages now
 
 
+def sliding_window(config: Any) -> int | None:
+    """The attention window of a model whose attention has one (Mistral), else None: the engine keeps sdpa's
+    mask for such a model rather than per-example attention (worker.attention), and the memory estimate
+    follows it."""
+    window = getattr(config, "sliding_window", None)
+    return int(window) if window and getattr(config, "use_sliding_window", True) else None
+
+
 def classification_head(label_names: list[str]) -> dict[str, Any]:
     """The config fields that size a classification head: the one rule for the engine's model and
     the method step's meta-device count (which used the config's default two labels and so counted

@@ -24,7 +24,9 @@ memory on CPU; docs/ui.md has the table). Its parts, each one line on the page:
   stream follows the fp32 embeddings); RMS norms (Llama) keep fp32 copies of their input in bf16
   (1.5 hidden widths, fitted across methods); where attention has dropout (BERT) the attention
   probabilities are materialised, 3 fp32 numbers per head per token pair (softmax runs in fp32 under
-  autocast). Tokens are batch × max length: causal batches are packed without padding, so that is the
+  autocast); on a CPU, packed causal rows go through per-example attention on sdpa's math kernel
+  (worker.attention), which keeps each example's probabilities, 1.25 fp32 numbers per head per token
+  pair when every example fills its row (the most it keeps). Tokens are batch × max length: causal batches are packed without padding, so that is the
   most a step holds;
 - output scores of a language model: the engine's loss projects the hidden states onto the
   vocabulary a chunk of rows at a time (``LOSS_CHUNK_ROWS``, recomputed in backward), so only one
@@ -39,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.core.models import sliding_window
 from app.core.options import COMPUTE_PRECISIONS, LOSS_CHUNK_ROWS, QUANTIZATIONS
 
 # Compute dtypes the estimate prices ("auto" is resolved first, as the engine resolves it).
@@ -65,6 +68,10 @@ ACT_GATED_MLP = 4.0
 ACT_PLAIN_MLP = 2.0
 ACT_TRAINED_LINEAR_INPUTS_HIDDEN = 3.0
 ACT_ATTENTION_PROBS = 3.0
+# Per-example attention on a CPU (worker.attention: packed causal rows, sdpa's math kernel) keeps each
+# example's attention probabilities, fp32 numbers per head per token pair; fitted on bench/memory.py's
+# SmolLM2 cases (fp32 1.33-1.67, bf16 1.1-1.36), where every example fills its row: the most it keeps.
+ACT_EXAMPLE_ATTENTION_PROBS = 1.25
 # fp32 copies of an RMS norm's input in bf16 runs, in hidden widths: 2 before LoRA stopped casting its input
 # to fp32 by hand (tuners/methods/lora.py), which had kept an extra copy per adapted layer; 1.5 sits between
 # the methods on the saved-tensor check (tests/ui/test_estimate.py: LoRA on q/v 1.15, on all linear layers
@@ -115,6 +122,7 @@ class ModelShape:
     gated_mlp: bool = False
     attention_dropout: float = 0.0
     rms_norm: bool = False
+    sliding_window: bool = False
     # The (out, in) of each linear layer quantization replaces, their bias count, and the model's
     # buffer bytes: what prices the stored weights exactly (empty: averages from bits_per_weight).
     quantizable: tuple[tuple[int, int], ...] = ()
@@ -152,6 +160,7 @@ class ModelShape:
             attention_dropout=float(_first(config, "attention_probs_dropout_prob", "attention_dropout", "attn_pdrop",
                                            "dropout", default=0.0)),
             rms_norm=rms,
+            sliding_window=sliding_window(config) is not None,
             quantizable=tuple(layers),
             quantizable_bias_params=biases,
             buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
@@ -252,6 +261,12 @@ def gib(n: float) -> str:
     return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
 
+def uses_example_attention(shape: ModelShape, task: str, device: str) -> bool:
+    """Whether the engine's attention keeps per-example probabilities: packed causal batches on a CPU
+    (worker.attention's math kernel; CUDA's kernels keep none), unless the model has a sliding window."""
+    return task == "CAUSAL_LM" and device == "cpu" and not shape.sliding_window
+
+
 def estimate_training_memory(
     shape: ModelShape,
     trainable_params: int,
@@ -262,10 +277,12 @@ def estimate_training_memory(
     full_finetune: bool = False,
     task: str = "CAUSAL_LM",
     trains_base_weights: bool = False,
+    example_attention: bool = False,
 ) -> MemoryEstimate:
     """Bytes needed to train. ``trains_base_weights``: the trainable parameters are the model's own
     (full fine-tuning, BitFit), not new adapter weights; ``full_finetune`` also makes every
-    parameter trainable."""
+    parameter trainable; ``example_attention``: attention runs per example on the math kernel
+    (:func:`uses_example_attention`)."""
     if trainable_params < 0 or batch_size <= 0 or seq_len <= 0:
         raise ValueError("trainable_params, batch_size and seq_len must be positive")
     if full_finetune:
@@ -286,6 +303,8 @@ def estimate_training_memory(
         per_token_layer += ACT_RMS_NORM_FP32 * h * 4
     if shape.attention_dropout > 0:
         per_token_layer += ACT_ATTENTION_PROBS * shape.num_heads * seq_len * 4
+    elif example_attention:
+        per_token_layer += ACT_EXAMPLE_ATTENTION_PROBS * shape.num_heads * seq_len * 4
     tokens = batch_size * seq_len
     activations = tokens * shape.num_layers * per_token_layer
     logits = 0

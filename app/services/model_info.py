@@ -18,7 +18,13 @@ from app.core.errors import UserError
 from app.core.models import bundled_files
 from app.core.spec import looks_like_path
 from app.core.tasks import task_for
-from app.services.estimate import MemoryEstimate, ModelShape, estimate_training_memory, human_count
+from app.services.estimate import (
+    MemoryEstimate,
+    ModelShape,
+    estimate_training_memory,
+    human_count,
+    uses_example_attention,
+)
 
 ARCH_TASKS = (
     ("ForCausalLM", ("CAUSAL_LM", "SEQ_CLS")),
@@ -165,10 +171,12 @@ def estimate_memory(
     (classification has no vocabulary-sized output), and a method that trains the model's own
     weights (full fine-tuning, BitFit) is counted as such."""
     import tuners
+    from app.core.devices import pick_device
 
     method = tuners.METHODS.get(peft_type or "")
+    task = task_for(data_shape, info.tasks)
     return estimate_training_memory(
-        info.shape, trainable, precision, quantization, batch_size, seq_len,
-        task=task_for(data_shape, info.tasks),
+        info.shape, trainable, precision, quantization, batch_size, seq_len, task=task,
         trains_base_weights=bool(method is not None and method.trains_base_weights),
+        example_attention=uses_example_attention(info.shape, task, pick_device("auto").type),
     )

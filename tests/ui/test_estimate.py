@@ -22,6 +22,7 @@ from app.services.estimate import (
     human_bytes,
     quantized_bytes,
     ram_memory,
+    uses_example_attention,
 )
 from app.services.method_form import build_config, count_trainable, meta_model
 from tests.support.tiny_models import config_for
@@ -175,6 +176,57 @@ def test_activation_term_matches_what_autograd_keeps(family, task, method, compu
     est = estimate_training_memory(shape, 0, compute, "none", batch_size=2, seq_len=96, task=task,
                                    trains_base_weights=method["peft_type"] == "FULL")
     assert 0.85 <= est.activations_bytes / saved <= 1.2, (est.activations_bytes, saved)
+
+
+@pytest.mark.parametrize("compute", ["fp32", "bf16"])
+def test_per_example_attention_keeps_what_the_estimate_adds(compute):
+    """On a CPU the engine runs packed causal rows through per-example attention (worker.attention, sdpa's
+    math kernel), which keeps each example's attention probabilities: the estimate's extra term is
+    checked against the extra bytes autograd keeps for the same packed batch (one example per row, the
+    most it keeps), against transformers' sdpa."""
+    import tuners
+    from tests.support.tiny_models import tiny_model
+    from worker.attention import use_packed_attention, use_sdpa
+    from worker.packing import REAL_TOKENS, pack_batch
+    from worker.precision import store_frozen_in
+
+    torch.manual_seed(0)
+    model = tiny_model("llama", hidden_size=64, intermediate_size=172)
+    shape = ModelShape.from_model(model)
+    tuned = tuners.apply(model, tuners.config_from_dict(
+        {"peft_type": "LORA", "r": 4, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}))
+    if compute == "bf16":
+        store_frozen_in(tuned, torch.bfloat16)
+    tuned.train()
+    examples = [{"input_ids": ids, "labels": ids} for ids in torch.randint(5, 500, (2, 96)).tolist()]
+    batch = {k: v for k, v in pack_batch(examples, 0, 96).items() if k != REAL_TOKENS}
+    assert batch["input_ids"].shape == (2, 96)
+    plain = {k: batch[k] for k in ("input_ids", "position_ids", "labels")}
+    sdpa = _saved_activation_bytes(tuned, plain, shape.vocab_size, bf16=compute == "bf16")
+    assert use_packed_attention(tuned.model) is None
+    try:
+        per_example = _saved_activation_bytes(tuned, batch, shape.vocab_size, bf16=compute == "bf16")
+    finally:
+        use_sdpa(tuned.model)
+    assert uses_example_attention(shape, "CAUSAL_LM", "cpu")
+    assert not uses_example_attention(shape, "CAUSAL_LM", "cuda")
+    assert not uses_example_attention(shape, "SEQ_CLS", "cpu")
+    assert not uses_example_attention(replace(shape, sliding_window=True), "CAUSAL_LM", "cpu")
+    args = (shape, 0, compute, "none")
+    term = (estimate_training_memory(*args, batch_size=2, seq_len=96, example_attention=True).activations_bytes
+            - estimate_training_memory(*args, batch_size=2, seq_len=96).activations_bytes)
+    assert 0.75 <= term / (per_example - sdpa) <= 1.25, (term, per_example - sdpa)
+
+
+def test_a_sliding_window_is_read_where_the_model_uses_it():
+    """One rule for the engine (keeps sdpa's mask, worker.attention) and the estimate (no per-example term)."""
+    from transformers import LlamaConfig, MistralConfig
+
+    from app.core.models import sliding_window
+
+    assert sliding_window(MistralConfig(sliding_window=64)) == 64
+    assert sliding_window(MistralConfig(sliding_window=None)) is None
+    assert sliding_window(LlamaConfig()) is None
 
 
 def test_the_fit_is_said_in_plain_words_against_the_workers_memory():
