@@ -62,7 +62,7 @@ def training_rows(dataset: Path) -> int:
 
 
 def spec_for(peft_type: str, task: str, model: str, dataset: Path, *, steps: int | None = None,
-             lr: float | None = None, device: str = "cpu") -> dict:
+             lr: float | None = None, head_lr: float | None = None, device: str = "cpu") -> dict:
     from app.services.wizard import preset_values
 
     p = preset_values("quick", peft_type, task=MODEL_TASK[task], train_rows=training_rows(dataset))
@@ -75,7 +75,8 @@ def spec_for(peft_type: str, task: str, model: str, dataset: Path, *, steps: int
         "method": method_section(peft_type, MODEL_TASK[task]),
         "training": {"epochs": p["epochs"], "max_steps": steps or p["max_steps"] or None,
                      "batch_size": p["batch_size"], "learning_rate": lr or p["learning_rate"],
-                     "eval_every": p["eval_every"], "device": device, "bf16": False},
+                     "eval_every": p["eval_every"], "device": device,
+                     **({"head_learning_rate": head_lr} if head_lr else {})},
     }
 
 
@@ -101,8 +102,8 @@ def run_one(spec_dict: dict, task: str, work: Path) -> dict:
 
     peft_type = spec_dict["method"]["peft_type"]
     t = spec_dict["training"]
-    row: dict = {"task": task, "method": peft_type, "lr": t["learning_rate"], "steps": t["max_steps"],
-                 "batch_size": t["batch_size"]}
+    row: dict = {"task": task, "method": peft_type, "lr": t["learning_rate"], "head_lr": t.get("head_learning_rate"),
+                 "steps": t["max_steps"], "batch_size": t["batch_size"]}
     started = time.perf_counter()
     try:
         spec = RunSpec.from_dict(spec_dict)
@@ -151,6 +152,7 @@ def same_run(row: dict, spec_dict: dict, task: str) -> bool:
     t = spec_dict["training"]
     return (row.get("task") == task and row.get("method") == spec_dict["method"]["peft_type"]
             and "error" not in row and row.get("lr") == t["learning_rate"] and row.get("steps") == t["max_steps"]
+            and row.get("head_lr") == t.get("head_learning_rate")
             and row.get("batch_size") == t["batch_size"])
 
 
@@ -162,6 +164,7 @@ def main() -> int:
     ap.add_argument("--task", "--tasks", dest="task", default="both", choices=(*TASKS, "both"))
     ap.add_argument("--steps", type=int, help="override the preset's steps (a smoke check; not resumed over)")
     ap.add_argument("--lr", type=float, help="try another learning rate than the method's (to pick a default)")
+    ap.add_argument("--head-lr", type=float, help="a classifier head's rate (default: the studio's rule)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--fresh", action="store_true", help="measure again the rows the results file already has")
@@ -191,7 +194,7 @@ def main() -> int:
             model, dataset = (MINILM, reviews) if task == "cls" else (str(llama), chats)
             for peft_type in methods:
                 spec_dict = spec_for(peft_type, task, model, dataset, steps=args.steps, lr=args.lr,
-                                     device=args.device)
+                                     head_lr=args.head_lr, device=args.device)
                 if not args.fresh and any(same_run(r, spec_dict, task) for r in rows):
                     print(f"{task:<6} {peft_type:<15} done before (in {out.name}); --fresh measures it again")
                     continue

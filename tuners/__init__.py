@@ -43,7 +43,7 @@ def load(
     from tuners.io import read_adapter
 
     config, state = read_adapter(Path(path))
-    tuned = TunedModel(base_model, config, adapter_name)
+    tuned = TunedModel(base_model, config, adapter_name, saved=True)
     tuned.load_adapter_state(state, adapter_name)
     if not is_trainable:
         for p in tuned.parameters():

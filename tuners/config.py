@@ -15,8 +15,14 @@ from typing import Any, ClassVar
 TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS", "SEQ_2_SEQ_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
 
 # Classification heads a new task model carries; they are freshly initialised, so they must be trained
-# and saved with the adapter (peft does the same for SEQ_CLS / TOKEN_CLS).
-HEAD_NAMES = ("classifier", "pre_classifier", "score", "qa_outputs", "classification_head")
+# and saved with the adapter (peft does the same for SEQ_CLS / TOKEN_CLS). BERT's ``pooler`` is the
+# dense layer its classifier reads, the same role as DistilBERT's ``pre_classifier`` and the dense layer
+# inside RoBERTa's ``classification_head``: it was trained for next-sentence prediction or not at all
+# (sentence-transformers checkpoints), so it is trained with the head (docs/runs.md, "classifier heads").
+HEAD_NAMES = ("classifier", "pre_classifier", "score", "qa_outputs", "classification_head", "pooler")
+# Heads that come with the checkpoint rather than new: left to the method when its named targets reach
+# inside them (``target_modules: [dense]`` on BERT adapts ``pooler.dense`` instead of copying the pooler).
+PRETRAINED_HEADS = ("pooler",)
 
 
 class ConfigError(ValueError):

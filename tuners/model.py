@@ -17,18 +17,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from tuners.config import HEAD_NAMES, AdapterConfig, ConfigError
+from tuners.config import HEAD_NAMES, PRETRAINED_HEADS, AdapterConfig, ConfigError
 from tuners.inject import Insertion, adapter_layers, insert_adapter, remove_adapter
 from tuners.layers import AdapterLayer, ModulesToSave, replace_module
 from tuners.method import Method
 from tuners.methods import method_for
-from tuners.targets import matches
+from tuners.targets import SHORTHANDS, matches
 
 KEY_PREFIX = "base_model.model."
 
 
 class TunedModel(nn.Module):
-    def __init__(self, model: nn.Module, config: AdapterConfig, adapter_name: str = "default") -> None:
+    def __init__(self, model: nn.Module, config: AdapterConfig, adapter_name: str = "default", *,
+                 saved: bool = False) -> None:
         super().__init__()
         self.model = model
         self.configs: dict[str, AdapterConfig] = {}
@@ -40,7 +41,7 @@ class TunedModel(nn.Module):
         self._base_originals: list[tuple[nn.Parameter, torch.Tensor]] = []
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.add_adapter(adapter_name, config)
+        self.add_adapter(adapter_name, config, saved=saved)
 
     # ----------------------------------------------------------------- adapters
     @property
@@ -55,15 +56,17 @@ class TunedModel(nn.Module):
             raise RuntimeError("no adapter is active")
         return self.configs[self.active_adapter]
 
-    def add_adapter(self, adapter_name: str, config: AdapterConfig) -> None:
-        """Attach a new adapter and make it the active one."""
+    def add_adapter(self, adapter_name: str, config: AdapterConfig, *, saved: bool = False) -> None:
+        """Attach a new adapter and make it the active one. ``saved``: the config was read from a saved
+        adapter, whose ``modules_to_save`` say what was trained: only the new heads peft adds on load are
+        added, not the pretrained ones (a pooler a peft adapter did not train stays the base's)."""
         if adapter_name in self.configs:
             raise ConfigError(f"adapter {adapter_name!r} already exists")
         if not adapter_name or "." in adapter_name:
             raise ConfigError(f"adapter name {adapter_name!r} must be non-empty and contain no '.'")
         config.validate()
         # The caller's object is left untouched: injection records resolved targets on the copy.
-        config = self._with_task_defaults(copy.deepcopy(config))
+        config = self._with_task_defaults(copy.deepcopy(config), saved)
         method = method_for(config)
         if method.trains_base_weights and any(getattr(m, "is_quantized_linear", False) for m in self.model.modules()):
             raise ConfigError(
@@ -88,17 +91,29 @@ class TunedModel(nn.Module):
         if adapter_name in self.adapter_modules:
             del self.adapter_modules[adapter_name]
 
-    def _with_task_defaults(self, config: AdapterConfig) -> AdapterConfig:
+    def _with_task_defaults(self, config: AdapterConfig, saved: bool) -> AdapterConfig:
         changes: dict[str, Any] = {}
         if config.base_model_name_or_path is None:
             changes["base_model_name_or_path"] = base_model_name(self.model)
         if config.task_type in ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"):
-            present = {n.rsplit(".", 1)[-1] for n, _ in self.model.named_modules()}
-            heads = [h for h in HEAD_NAMES if h in present]
+            names = [n for n, _ in self.model.named_modules() if n]
+            present = {n.rsplit(".", 1)[-1] for n in names}
+            # A method that trains the base's own weights trains a pretrained head's as it trains the rest.
+            keep_pretrained = not saved and not method_for(config).trains_base_weights
+            heads = [h for h in HEAD_NAMES if h in present and not (
+                h in PRETRAINED_HEADS and (not keep_pretrained or _targeted_inside(h, names, config)))]
             extra = [h for h in heads if h not in (config.modules_to_save or [])]
             if extra:
                 changes["modules_to_save"] = list(config.modules_to_save or []) + extra
         return config.replace(**changes) if changes else config
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The trainable copies of the task heads (``HEAD_NAMES``: the classifier and the pooler it reads).
+        They start untrained, unlike an adapter that starts as the identity, so the engine gives them their
+        own learning rate (``training.head_learning_rate``); other copies (``lm_head``) are pretrained."""
+        return [p for name, layer in self.adapter_layers()
+                if isinstance(layer, ModulesToSave) and name.rsplit(".", 1)[-1] in HEAD_NAMES
+                for p in layer.parameters() if p.requires_grad]
 
     def _add_modules_to_save(self, config: AdapterConfig, adapter_name: str) -> None:
         if not config.modules_to_save:
@@ -365,7 +380,7 @@ class TunedModel(nn.Module):
         from tuners.io import read_adapter
 
         config, state = read_adapter(Path(path))
-        self.add_adapter(adapter_name, config)
+        self.add_adapter(adapter_name, config, saved=True)
         self.load_adapter_state(state, adapter_name)
         if not is_trainable:
             for p in self.parameters():
@@ -414,6 +429,15 @@ def _peft_path(path: str, wrappers: set[str], adapter_name: str) -> str | None:
         # The copy's parameters are saved under the module's own path already (see ModulesToSave).
         return None
     return path
+
+
+def _targeted_inside(head: str, names: list[str], config: AdapterConfig) -> bool:
+    """Whether the method's own named targets (not a shorthand, which leaves heads alone) reach inside
+    the modules named ``head``."""
+    targets = getattr(config, "target_modules", None)
+    if not isinstance(targets, list | str) or targets in SHORTHANDS:
+        return False
+    return any(matches(n, targets) for n in names if f".{head}." in f".{n}")
 
 
 def _inside_wrapper(name: str, model: nn.Module) -> bool:

@@ -613,7 +613,11 @@ class TrainingRecipe:
 
     def _setup_optimizer(self) -> None:
         t = self.training
-        self.optimizer = torch.optim.AdamW(self.params, lr=t.learning_rate, weight_decay=t.weight_decay)
+        heads = {id(p) for p in self.tuned.head_parameters()}
+        groups = [{"params": [p for p in self.params if id(p) not in heads]},
+                  {"params": [p for p in self.params if id(p) in heads], "lr": t.head_learning_rate}]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t.learning_rate,
+                                           weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(t.scheduler, t.warmup_steps, self.total_steps))
 

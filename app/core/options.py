@@ -13,6 +13,11 @@ PRECISIONS = ("full", "int8", "nf4")
 SCHEDULERS = ("linear", "cosine", "constant")
 # training.device
 DEVICES = ("auto", "cpu", "cuda")
+# training.head_learning_rate's default: a new classification head (and BERT's pooler, which feeds it)
+# starts untrained and is the same layer whatever the method, so it learns at one rate, not the method's
+# (a fresh linear layer on a frozen encoder wants ~1e-3; LoRA's 2e-4 leaves it at the label prior, soft
+# prompts' 3e-2 throws it about). docs/runs.md, "Classifier heads".
+HEAD_LEARNING_RATE = 2e-3
 # training.best_metric: what ranks a run's evals (the adapter kept as the run's, early stopping); the
 # loss falls as a run improves, accuracy (measured for classifiers only) rises.
 BEST_METRICS = ("loss", "accuracy")

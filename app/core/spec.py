@@ -20,7 +20,7 @@ import yaml
 
 from app.core.catalog import bundled_model
 from app.core.errors import UserError
-from app.core.options import BEST_METRICS, DEVICES, PRECISIONS, SCHEDULERS
+from app.core.options import BEST_METRICS, DEVICES, HEAD_LEARNING_RATE, PRECISIONS, SCHEDULERS
 from app.core.tasks import SPEC_SHAPES, TASKS, task_for
 
 
@@ -62,6 +62,9 @@ class TrainingSpec:
     batch_size: int = 8
     grad_accum: int = 1
     learning_rate: float = 2e-4
+    # The rate of a classifier's new head (and the pooler it reads), whatever the method's: see
+    # app.core.options.HEAD_LEARNING_RATE. Other modules_to_save copies (lm_head) learn at learning_rate.
+    head_learning_rate: float = HEAD_LEARNING_RATE
     weight_decay: float = 0.0
     warmup_steps: int = 0
     scheduler: str = "linear"
@@ -229,6 +232,7 @@ class RunSpec:
         _int("training.batch_size", t.batch_size, lo=1, hi=MAX_BATCH)
         _int("training.grad_accum", t.grad_accum, lo=1, hi=MAX_BATCH)
         _number("training.learning_rate", t.learning_rate, positive=True, hi=MAX_LEARNING_RATE)
+        _number("training.head_learning_rate", t.head_learning_rate, positive=True, hi=MAX_LEARNING_RATE)
         _number("training.weight_decay", t.weight_decay, hi=MAX_WEIGHT_DECAY)
         _int("training.warmup_steps", t.warmup_steps, lo=0)
         if t.scheduler not in SCHEDULERS:

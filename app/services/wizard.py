@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import tuners
-from app.core.options import COMPILE_CHOICES, COMPUTE_PRECISIONS, QUANTIZATIONS
+from app.core.options import COMPILE_CHOICES, COMPUTE_PRECISIONS, HEAD_LEARNING_RATE, QUANTIZATIONS
 from app.core.spec import DataSpec, ModelSpec, RunSpec, SpecError, TrainingSpec
 from app.core.tasks import task_for
 from app.services.method_form import build_config, config_values
@@ -133,6 +133,7 @@ class WizardChoices:
     warmup_steps: int = 0
     scheduler: str = "linear"
     weight_decay: float = 0.0
+    head_learning_rate: float = HEAD_LEARNING_RATE
     eval_every: int = 50
     checkpoint_every: int = 0
     seed: int = 42
@@ -164,7 +165,8 @@ def build_spec(c: WizardChoices) -> RunSpec:
         training=TrainingSpec(
             epochs=float(c.epochs), max_steps=int(c.max_steps) or None, batch_size=int(c.batch_size),
             grad_accum=int(c.grad_accum), learning_rate=float(c.learning_rate),
-            weight_decay=float(c.weight_decay), warmup_steps=int(c.warmup_steps), scheduler=c.scheduler,
+            weight_decay=float(c.weight_decay), head_learning_rate=float(c.head_learning_rate),
+            warmup_steps=int(c.warmup_steps), scheduler=c.scheduler,
             eval_every=int(c.eval_every), checkpoint_every=int(c.checkpoint_every), seed=int(c.seed),
             early_stopping_patience=patience,
             compile=COMPILE_CHOICES.get(c.compile, "auto"), gradient_checkpointing=bool(c.gradient_checkpointing),

@@ -167,6 +167,9 @@ LABELS: dict[str, str] = {
     "train.warmup": "Warm-up steps",
     "train.scheduler": "LR schedule",
     "train.weight_decay": "Weight decay",
+    "train.head_lr": "Classifier head learning rate",
+    "train.head_lr.info": "Classification runs: the new head (and BERT's pooler) learns at this rate, "
+                          "whatever the method's",
     "train.eval_every": "Evaluate every N steps (0 = only at the end)",
     "train.checkpoint_every": "Checkpoint every N steps (0 = off)",
     "train.seed": "Seed",

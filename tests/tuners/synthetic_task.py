@@ -22,11 +22,16 @@ def task_inputs(family: str, task: str) -> dict[str, torch.Tensor]:
     return inputs
 
 
-def adam_losses(tuned: torch.nn.Module, inputs: dict, steps: int = 25, lr: float = 1e-2) -> list[float]:
-    """Loss per step of Adam on the trainable parameters, always on the same batch, in the caller's mode."""
+def adam_losses(tuned: torch.nn.Module, inputs: dict, steps: int = 25, lr: float = 1e-2,
+                head_lr: float | None = None) -> list[float]:
+    """Loss per step of Adam on the trainable parameters, always on the same batch, in the caller's mode;
+    with ``head_lr``, the copied heads learn at that rate, as the engine gives them their own."""
     params = [p for p in tuned.parameters() if p.requires_grad]
     assert params, "nothing is trainable"
-    opt = torch.optim.Adam(params, lr=lr)
+    heads = {id(p) for p in tuned.head_parameters()} if head_lr is not None else set()
+    groups = [{"params": [p for p in params if id(p) not in heads]},
+              {"params": [p for p in params if id(p) in heads], "lr": head_lr}]
+    opt = torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
     losses = []
     for _ in range(steps):
         loss = tuned(**inputs).loss
@@ -37,10 +42,11 @@ def adam_losses(tuned: torch.nn.Module, inputs: dict, steps: int = 25, lr: float
     return losses
 
 
-def train_losses(tuned: torch.nn.Module, family: str, task: str, steps: int = 25, lr: float = 1e-2) -> list[float]:
+def train_losses(tuned: torch.nn.Module, family: str, task: str, steps: int = 25, lr: float = 1e-2,
+                 head_lr: float | None = None) -> list[float]:
     """Loss per step of Adam on the task's synthetic batch."""
     tuned.train()
-    losses = adam_losses(tuned, task_inputs(family, task), steps, lr)
+    losses = adam_losses(tuned, task_inputs(family, task), steps, lr, head_lr)
     tuned.eval()
     return losses
 

@@ -31,7 +31,7 @@ def test_folder_holds_config_safetensors_with_pt_metadata_and_a_model_card(tmp_p
     ]
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["task_type"] == "SEQ_CLS"
-    assert config["target_modules"] == ["query", "value"] and config["modules_to_save"] == ["classifier"]
+    assert config["target_modules"] == ["query", "value"] and config["modules_to_save"] == ["classifier", "pooler"]
     assert config["r"] == 4 and config["lora_alpha"] == 16 and config["base_model_name_or_path"] == "tiny-bert"
     with safe_open(str(out / "adapter_model.safetensors"), framework="pt") as f:
         assert f.metadata() == {"format": "pt"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import peft
 import pytest
 import torch
 from torch import nn
@@ -113,7 +114,8 @@ def test_only_adapter_head_and_chosen_biases_get_gradients(bias, expected_biases
     assert with_grad <= requires
     for name in requires:
         adapter = ".lora_A." in name or ".lora_B." in name
-        head_copy = name.startswith("model.classifier.modules_to_save.default.")
+        head_copy = name.startswith(("model.classifier.modules_to_save.default.",
+                                     "model.bert.pooler.modules_to_save.default."))
         leaf_bias = name.endswith(".bias") and any(name.endswith(b) for b in expected_biases)
         assert adapter or head_copy or leaf_bias, name
     assert any(".lora_B." in n for n in with_grad)
@@ -262,12 +264,45 @@ def test_sequence_classification_head_is_added_to_modules_to_save():
     assert "base_model.model.score.weight" in tuned.adapter_state_dict()
 
 
+def test_a_bert_classifier_trains_its_pooler_with_the_head(tmp_path):
+    """BERT's classifier reads the pooler, which a sentence-transformers checkpoint never trained: it is
+    part of the head for a new adapter, left to the method when the named targets reach into it, and not
+    added to an adapter loaded from a folder that did not train it (peft's)."""
+    tuned = tuners.apply(tiny_model("bert", "SEQ_CLS"),
+                         tuners.LoraConfig(r=4, target_modules="all-linear", task_type="SEQ_CLS"))
+    assert tuned.config.modules_to_save == ["classifier", "pooler"]
+    assert not any(n.startswith("bert.pooler") for n in tuned.config.target_modules)
+    assert {id(p) for p in tuned.head_parameters()} == {
+        id(p) for n, p in tuned.named_parameters() if ".modules_to_save.default." in n}
+    assert len(tuned.head_parameters()) == 4  # pooler.dense and classifier, weight and bias
+
+    inside = tuners.apply(tiny_model("bert", "SEQ_CLS"),
+                          tuners.LoraConfig(r=4, target_modules=["query", "dense"], task_type="SEQ_CLS"))
+    assert inside.config.modules_to_save == ["classifier"]
+    assert isinstance(inside.model.bert.pooler.dense, tuners.layers.AdapterLayer)
+
+    made = peft.get_peft_model(tiny_model("bert", "SEQ_CLS"),
+                               peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query"]))
+    made.save_pretrained(tmp_path / "peft")
+    loaded = tuners.load(tiny_model("bert", "SEQ_CLS"), tmp_path / "peft")
+    assert "pooler" not in loaded.config.modules_to_save
+
+
+def test_head_parameters_are_the_task_heads_not_other_copies():
+    """``lm_head`` kept whole (modules_to_save) is pretrained: it learns at the run's rate, not the head's."""
+    tuned = tuners.apply(tiny_model("llama"), tuners.LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    assert tuned.head_parameters() == []
+    scored = tuners.apply(tiny_model("llama", "SEQ_CLS"), tuners.LoraConfig(r=2, target_modules=["q_proj"],
+                                                                            task_type="SEQ_CLS"))
+    assert [p.shape for p in scored.head_parameters()] == [scored.model.score.base_layer.weight.shape]
+
+
 def test_trainable_parameters_counts_adapter_and_head():
     tuned = tuners.apply(tiny_model("bert", "SEQ_CLS"),
                          tuners.LoraConfig(r=4, target_modules=["query"], task_type="SEQ_CLS"))
     trainable, total = tuned.trainable_parameters()
-    # per layer: A (4 x 32) + B (32 x 4); head: 32 x 3 + 3; two layers
-    assert trainable == 2 * (4 * 32 + 32 * 4) + 32 * 3 + 3
+    # per layer: A (4 x 32) + B (32 x 4); two layers; head: the pooler 32 x 32 + 32, the classifier 32 x 3 + 3
+    assert trainable == 2 * (4 * 32 + 32 * 4) + 32 * 32 + 32 + 32 * 3 + 3
     assert total == sum(p.numel() for p in tiny_model("bert", "SEQ_CLS").parameters()) + trainable
 
 

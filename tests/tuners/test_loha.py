@@ -45,7 +45,8 @@ def test_peft_adapter_loads_in_ours_with_equal_outputs(family, task, targets, tm
 @pytest.mark.parametrize("family,task,targets", INTEROP)
 def test_trainable_parameter_count_equals_peft(family, task, targets):
     tuned = tuners.apply(tiny_model(family, task), LohaConfig(r=4, target_modules=targets, task_type=task))
-    assert tuned.trainable_parameters() == peft_trainable_count(peft_config(task, targets, r=4), family, task)
+    heads = {"modules_to_save": tuned.config.modules_to_save} if tuned.config.modules_to_save else {}
+    assert tuned.trainable_parameters() == peft_trainable_count(peft_config(task, targets, r=4, **heads), family, task)
 
 
 def test_delta_is_scaled_hadamard_product_of_two_low_rank_products():

@@ -122,5 +122,8 @@ def test_adapter_saved_by_peft_loads_in_tuners(case, tmp_path):
 def test_trainable_parameter_counts_equal_peft(case):
     family, task, kwargs = CASES[case]
     tuned = tuners.apply(tiny_model(family, task), tuners.LoraConfig(task_type=task, **kwargs))
-    reference = peft.get_peft_model(tiny_model(family, task), _peft_config(task, kwargs))
+    # Same heads on both sides: tuners also trains a BERT classifier's pooler, which peft adds only
+    # when told (modules_to_save), and then loads as it does the classifier.
+    heads = {"modules_to_save": tuned.config.modules_to_save} if tuned.config.modules_to_save else {}
+    reference = peft.get_peft_model(tiny_model(family, task), _peft_config(task, {**kwargs, **heads}))
     assert tuned.trainable_parameters() == reference.get_nb_trainable_parameters()

@@ -77,7 +77,9 @@ def test_our_adapter_loads_in_peft_with_equal_outputs(tmp_path, family, task, ou
     ours = tuned(**inputs).logits
     tuned.save_pretrained(tmp_path)
 
-    reference = peft.get_peft_model(tiny_model(family, task), peft_cls(task_type=task, num_virtual_tokens=NVT, **extra))
+    heads = {"modules_to_save": tuned.config.modules_to_save} if tuned.config.modules_to_save else {}
+    reference = peft.get_peft_model(tiny_model(family, task),
+                                    peft_cls(task_type=task, num_virtual_tokens=NVT, **extra, **heads))
     assert tuned.trainable_parameters() == reference.get_nb_trainable_parameters()
     expected = {k: tuple(v.shape) for k, v in peft.get_peft_model_state_dict(reference).items()}
     assert {k: tuple(v.shape) for k, v in load_file(tmp_path / "adapter_model.safetensors").items()} == expected

@@ -20,12 +20,15 @@ def _trainable_names(tuned):
 def test_bitfit_trains_every_bias_and_the_classification_head():
     tuned = tuners.apply(tiny_model("bert", "SEQ_CLS"), BitFitConfig(task_type="SEQ_CLS"))
     names = _trainable_names(tuned)
-    biases = {n for n, _ in tiny_model("bert", "SEQ_CLS").named_parameters() if n.endswith(".bias") and "classifier" not in n}
-    assert {n.removeprefix("model.") for n in names if "classifier" not in n} == biases
-    assert {n for n in names if "classifier" in n} == {
+    biases = {n for n, _ in tiny_model("bert", "SEQ_CLS").named_parameters()
+              if n.endswith(".bias") and "classifier" not in n and "pooler" not in n}
+    assert {n.removeprefix("model.") for n in names if "modules_to_save" not in n} == biases
+    assert {n for n in names if "modules_to_save" in n} == {  # the head: the classifier and the pooler it reads
         "model.classifier.modules_to_save.default.weight", "model.classifier.modules_to_save.default.bias",
+        "model.bert.pooler.modules_to_save.default.dense.weight",
+        "model.bert.pooler.modules_to_save.default.dense.bias",
     }
-    head = 32 * 3 + 3
+    head = 32 * 3 + 3 + 32 * 32 + 32
     assert tuned.trainable_parameters()[0] == sum(p.numel() for n, p in tuned.named_parameters() if n[6:] in biases) + head
 
 
@@ -46,7 +49,8 @@ def test_bitfit_save_holds_only_biases_and_head_and_loads_back(tmp_path):
     perturb(tuned)
     tuned.save_pretrained(tmp_path / "a")
     saved = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
-    assert all(k.endswith(".bias") or k == "base_model.model.classifier.weight" for k in saved)
+    assert all(k.endswith(".bias") or k in ("base_model.model.classifier.weight",
+                                            "base_model.model.bert.pooler.dense.weight") for k in saved)
     assert sum(v.numel() for v in saved.values()) == tuned.trainable_parameters()[0]
     loaded = tuners.load(tiny_model("bert", "SEQ_CLS"), tmp_path / "a")
     inputs = model_inputs("bert", "SEQ_CLS")

@@ -71,7 +71,7 @@ ALL_LINEAR = {
     "t5": {"q", "k", "v", "o", "wi", "wo"},
 }
 
-HEADS = ("lm_head", "embed_out", "classifier", "pre_classifier", "score")
+HEADS = ("lm_head", "embed_out", "classifier", "pre_classifier", "score", "pooler")
 
 _TASK_CLASSES = {
     "CAUSAL_LM": transformers.AutoModelForCausalLM,

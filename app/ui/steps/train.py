@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 from gradio.blocks import Block
 
-from app.core.options import COMPILE_CHOICES, SCHEDULERS
+from app.core.options import COMPILE_CHOICES, HEAD_LEARNING_RATE, SCHEDULERS
 from app.services.draft import TRAIN_FIELDS
 from app.services.wizard import (
     EARLY_STOPPING_PATIENCE,
@@ -57,6 +57,8 @@ def build(peft_type: str = "LORA") -> dict[str, Block]:
             scheduler = gr.Dropdown(list(SCHEDULERS), value="linear", label=t("train.scheduler"),
                                     elem_id="train-scheduler")
             weight_decay = gr.Number(0.0, minimum=0, label=t("train.weight_decay"), elem_id="train-weight-decay")
+            head_lr = gr.Number(HEAD_LEARNING_RATE, minimum=0, label=t("train.head_lr"), info=t("train.head_lr.info"),
+                                elem_id="train-head-lr")
         with gr.Row():
             eval_every = gr.Number(p["eval_every"], precision=0, minimum=0, label=t("train.eval_every"),
                                    elem_id="train-eval-every")
@@ -82,7 +84,8 @@ def build(peft_type: str = "LORA") -> dict[str, Block]:
         submit = gr.Button(t("train.submit"), variant="primary", elem_id="train-submit")
     values = {"train.name": name, "train.epochs": epochs, "train.learning_rate": lr, "train.batch_size": batch,
               "train.max_steps": max_steps, "train.grad_accum": grad_accum, "train.warmup_steps": warmup,
-              "train.scheduler": scheduler, "train.weight_decay": weight_decay, "train.eval_every": eval_every,
+              "train.scheduler": scheduler, "train.weight_decay": weight_decay, "train.head_learning_rate": head_lr,
+              "train.eval_every": eval_every,
               "train.checkpoint_every": checkpoint_every, "train.seed": seed, "train.early_stopping": early_stopping,
               "train.early_stopping_patience": patience, "train.compile": compile_,
               "train.gradient_checkpointing": checkpointing}
