@@ -182,7 +182,7 @@ LABELS: dict[str, str] = {
     "train.gradient_checkpointing": "Gradient checkpointing",
     "train.gradient_checkpointing.info": "Less memory for activations, about a third more compute per step",
     "train.submit": "Start training",
-    "train.yaml": "Equivalent spec (`tunestudio train spec.yaml`)",
+    "train.yaml": "Equivalent spec (for: tunestudio train spec.yaml)",
     # --- train step: per-method learning rate (issue 11, recommended settings) ----------------------
     "train.lr.range": "{method} usually trains at a learning rate of {low} to {high} (default {default}).",
     "train.lr.too_high": "⚠ Warning: a learning rate of {lr} is about {times}× above what {method} usually takes; "
@@ -212,7 +212,7 @@ LABELS: dict[str, str] = {
     "runs.filter.text": "Search (name, model, recipe, dataset)",
     "runs.table": "All runs",
     "runs.select": "Run for details",
-    "runs.config": "Full config (the YAML `tunestudio train` accepts)",
+    "runs.config": "Full config (the YAML tunestudio train accepts)",
     "runs.download_yaml": "Download spec.yaml",
     "runs.delete": "Delete run and its files",
     "runs.delete.confirm": "Yes, delete it",

@@ -10,6 +10,7 @@ import zipfile
 import pytest
 from playwright.sync_api import expect
 
+from app.core.options import HEAD_LEARNING_RATE
 from app.services.wizard import PRESETS
 from app.ui.draft import STORAGE_KEY
 from tests.browser.conftest import ARTIFACTS, shot, tab
@@ -257,6 +258,17 @@ def test_classifier_from_a_demo_dataset_shows_label_probabilities(page, studio, 
 
     choose_preset(page, "quick")
     set_number(page, "train-max-steps", 12)
+    # the new head learns at its own rate, shown and set under the advanced settings, and in the spec
+    page.get_by_role("button", name=re.compile("Advanced training settings")).click()
+    expect(page.locator("#train-head-lr input[type=number]").first).to_have_value(
+        format(HEAD_LEARNING_RATE, "f").rstrip("0"), timeout=30_000)
+    set_number(page, "train-head-lr", 0.005)
+    page.get_by_role("button", name=re.compile("Equivalent spec")).click()
+    expect(page.locator("#train-yaml")).to_contain_text("training:", timeout=30_000)
+    # the editor draws the lines in view: scroll to the training section
+    page.locator("#train-yaml .cm-scroller").evaluate("e => { e.scrollTop = e.scrollHeight; }")
+    expect(page.locator("#train-yaml")).to_contain_text("head_learning_rate: 0.005", timeout=30_000)
+    shot(page, "c1b-train-head-rate")
     field(page, "train-name").fill("browser-classifier")
     page.locator("#train-submit").click()
     page.locator("#run-header").get_by_text("browser-classifier").wait_for(timeout=60_000)
@@ -286,6 +298,7 @@ def test_classifier_from_a_demo_dataset_shows_label_probabilities(page, studio, 
     expect(field(page, "train-name")).to_have_value(re.compile(r"^browser-classifier \(from #\d+\)$"),
                                                     timeout=30_000)
     expect(page.locator("#train-max-steps input[type=number]").first).to_have_value("12")
+    expect(page.locator("#train-head-lr input[type=number]").first).to_have_value("0.005")
     assert "run=" not in page.url, page.url
     back(page, "train")
     back(page, "method")
