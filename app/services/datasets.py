@@ -83,19 +83,30 @@ def add_dataset(ctx: Context, path: str | Path, name: str | None = None, shape: 
     checked = check_data_file(source, Limits(max_bytes=limit), shape, mapping, name=display)
     digest = file_sha256(source)
     with ctx.session() as s:
-        existing = s.scalar(select(Dataset).where(Dataset.sha256 == digest).order_by(Dataset.id))
-        if existing is not None and Path(existing.path).is_file():
+        existing = _stored_copy(s, digest)
+        if existing is not None:
             return _view(existing)
     stored = store_upload(source, ctx.settings.uploads_dir, sha256=digest, name=display, max_bytes=limit)
     table = checked.table
     with ctx.session() as s:
+        new_id = issue_id(s, Dataset)  # holds the counter until commit: a concurrent add of the same bytes
+        existing = _stored_copy(s, digest)  # waited for this one's and finds it here
+        if existing is not None:
+            view = _view(existing)
+            s.rollback()
+            return view
         row = Dataset(
-            id=issue_id(s, Dataset), name=display, path=str(stored), sha256=digest, format=str(table.fmt),
+            id=new_id, name=display, path=str(stored), sha256=digest, format=str(table.fmt),
             rows=len(table.rows), columns=list(table.columns), bytes=stored.stat().st_size, shape=checked.shape,
         )
         s.add(row)
         s.commit()
         return _view(row)
+
+
+def _stored_copy(session, digest: str) -> Dataset | None:
+    existing = session.scalar(select(Dataset).where(Dataset.sha256 == digest).order_by(Dataset.id))
+    return existing if existing is not None and Path(existing.path).is_file() else None
 
 
 def list_datasets(ctx: Context) -> list[DatasetView]:
