@@ -22,6 +22,15 @@ def save_tiny_model(folder: Path, family: str = "llama", task_type: str = "CAUSA
     return folder
 
 
+def write_classification_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    """(text, label) rows as a text,label CSV, the classification layout the studio detects."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path
+
+
 def write_mapping_csv(path: Path, repeats: int = 6) -> Path:
     """A fixed, learnable mapping (thing -> colour) as prompt/completion pairs."""
     rows = []

@@ -8,7 +8,7 @@ import torch
 import tuners
 from app.core.spec import RunSpec
 from app.data.errors import DataError
-from tests.engine.helpers import mapping_spec, save_tiny_model, write_mapping_csv
+from tests.engine.helpers import mapping_spec, save_tiny_model, write_classification_csv, write_mapping_csv
 from tests.support.tiny_models import tokenizer
 from worker.engine import Cancelled, MemoryReporter, collate, lr_lambda, train
 
@@ -147,15 +147,9 @@ def test_classification_on_drug_reviews_beats_the_majority_class(tmp_path):
 
 
 def test_max_length_beyond_the_models_positions_is_capped_not_a_crash(tmp_path):
-    import csv
-
     bert_dir = save_tiny_model(tmp_path / "bert", "bert", "SEQ_CLS")
-    data = tmp_path / "long.csv"
-    with open(data, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        for i in range(12):
-            writer.writerow([" ".join(["good" if i % 2 else "bad"] * 400), "pos" if i % 2 else "neg"])
+    data = write_classification_csv(tmp_path / "long.csv", [
+        (" ".join(["good" if i % 2 else "bad"] * 400), "pos" if i % 2 else "neg") for i in range(12)])
     spec = {
         "name": "long", "model": {"name": str(bert_dir)},
         "data": {"dataset": str(data), "shape": "classification", "max_length": 512, "val_fraction": 0.25},

@@ -7,15 +7,13 @@ rate it learned at: the head's copy (classifier and pooler) by the head rate, Lo
 
 from __future__ import annotations
 
-import csv
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from app.core.options import HEAD_LEARNING_RATE
 from app.core.spec import RunSpec, SpecError
-from tests.engine.helpers import save_tiny_model
+from tests.engine.helpers import save_tiny_model, write_classification_csv
 from worker.engine import MemoryReporter, train
 
 
@@ -33,13 +31,8 @@ def _spec(model_dir, data, **training) -> dict:
 def bert_and_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("head-rate")
     bert = save_tiny_model(root / "bert", "bert", "SEQ_CLS")
-    data = root / "reviews.csv"
-    with open(data, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        for i in range(18):
-            word = ("bad", "fine", "good")[i % 3]  # three labels, as many as the tiny model's head has
-            writer.writerow([f"{word} film " * (1 + i % 2), word])
+    words = [("bad", "fine", "good")[i % 3] for i in range(18)]  # three labels, as the tiny model's head has
+    data = write_classification_csv(root / "reviews.csv", [(f"{w} film " * (1 + i % 2), w) for i, w in enumerate(words)])
     return bert, data
 
 
