@@ -98,10 +98,11 @@ class TunedModel(nn.Module):
         if config.task_type in ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"):
             names = [n for n, _ in self.model.named_modules() if n]
             present = {n.rsplit(".", 1)[-1] for n in names}
-            # A method that trains the base's own weights trains a pretrained head's as it trains the rest.
-            keep_pretrained = not saved and not method_for(config).trains_base_weights
-            heads = [h for h in HEAD_NAMES if h in present and not (
-                h in PRETRAINED_HEADS and (not keep_pretrained or _targeted_inside(h, names, config)))]
+            # A pretrained head (the pooler) is copied only for a new adapter whose method adapts rather than
+            # trains the base's own weights, and whose named targets leave it alone.
+            copy_pretrained = not saved and not method_for(config).trains_base_weights
+            heads = [h for h in HEAD_NAMES if h in present and (
+                h not in PRETRAINED_HEADS or (copy_pretrained and not _targeted_inside(h, names, config)))]
             extra = [h for h in heads if h not in (config.modules_to_save or [])]
             if extra:
                 changes["modules_to_save"] = list(config.modules_to_save or []) + extra

@@ -23,8 +23,8 @@ DRAFT_VERSION = 1
 # The draft's field names: model.*, data.* (data.role.<i> follows the shape's roles in order),
 # method.choice and method.<PEFT_TYPE>.<field>, train.preset and train.<name> below, wizard.step.
 TRAIN_FIELDS = ("name", "epochs", "learning_rate", "batch_size", "max_steps", "grad_accum", "warmup_steps",
-                "scheduler", "weight_decay", "head_learning_rate", "eval_every", "checkpoint_every", "seed", "early_stopping",
-                "early_stopping_patience", "compile", "gradient_checkpointing")
+                "scheduler", "weight_decay", "head_learning_rate", "eval_every", "checkpoint_every", "seed",
+                "early_stopping", "early_stopping_patience", "compile", "gradient_checkpointing")
 _SCALARS = (str, int, float, bool, type(None))
 
 

@@ -26,8 +26,8 @@ memory on CPU; docs/ui.md has the table). Its parts, each one line on the page:
   probabilities are materialised, 3 fp32 numbers per head per token pair (softmax runs in fp32 under
   autocast); on a CPU, packed causal rows go through per-example attention on sdpa's math kernel
   (worker.attention), which keeps each example's probabilities, 1.25 fp32 numbers per head per token
-  pair when every example fills its row (the most it keeps). Tokens are batch × max length: causal batches are packed without padding, so that is the
-  most a step holds;
+  pair when every example fills its row (the most it keeps). Tokens are batch × max length: causal
+  batches are packed without padding, so that is the most a step holds;
 - output scores of a language model: the engine's loss projects the hidden states onto the
   vocabulary a chunk of rows at a time (``LOSS_CHUNK_ROWS``, recomputed in backward), so only one
   chunk's scores exist at once: about three fp32 copies (the scores, their log-softmax, its
