@@ -1,5 +1,7 @@
 """Playground: base (adapter disabled) vs tuned outputs for the same prompt; label probabilities."""
 
+import copy
+
 import pytest
 import torch
 
@@ -82,7 +84,7 @@ def test_chat_prompt_renders_the_history_with_the_training_template():
 
 
 def test_a_tokenizer_without_a_template_gets_chatml_as_training_did():
-    tok = tokenizer("llama")
+    tok = copy.deepcopy(tokenizer("llama"))  # the cached one is shared with other modules' tests
     tok.chat_template = None
     text = playground.chat_prompt(tok, HISTORY, "And the grass?")
     assert text.startswith("<|im_start|>user\nWhat colour is the sky?<|im_end|>\n")
