@@ -39,6 +39,9 @@ class Method:
     after_backward: per-step hook for methods with a schedule (AdaLoRA's rank budget).
     trains_base_weights: the method updates the base's linear weights themselves (full fine-tuning,
         layer freezing, FishMask), so it refuses a quantized base.
+    trains_pretrained_heads: the method trains a classifier's pretrained head layers (BERT's pooler) as
+        part of the base (full fine-tuning), so a new adapter does not also copy them into its head.
+        Layer freezing and FishMask train other weights and leave the pooler to the head.
     calibrate: one pass over a few training batches before the optimizer is built, for methods
         that choose what to train from the user's data (FishMask's Fisher-information mask).
     key_prefix: prefix of the on-disk keys of wrapped base modules (``modules_to_save``); peft's
@@ -73,6 +76,7 @@ class Method:
     loss_term: Callable[[TunedModel, str], torch.Tensor] | None = None
     calibrate: Callable[[TunedModel, Iterable[dict[str, Any]]], None] | None = None
     trains_base_weights: bool = False
+    trains_pretrained_heads: bool = False
     key_prefix: str = "base_model.model."
     state_to_disk: Callable[[TunedModel, str, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
     state_from_disk: Callable[[TunedModel, str, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None

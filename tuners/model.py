@@ -98,9 +98,9 @@ class TunedModel(nn.Module):
         if config.task_type in ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"):
             names = [n for n, _ in self.model.named_modules() if n]
             present = {n.rsplit(".", 1)[-1] for n in names}
-            # A pretrained head (the pooler) is copied only for a new adapter whose method adapts rather than
-            # trains the base's own weights, and whose named targets leave it alone.
-            copy_pretrained = not saved and not method_for(config).trains_base_weights
+            # A pretrained head (the pooler) is copied only for a new adapter whose method does not train it
+            # with the rest of the base (full fine-tuning does), and whose named targets leave it alone.
+            copy_pretrained = not saved and not method_for(config).trains_pretrained_heads
             heads = [h for h in HEAD_NAMES if h in present and (
                 h not in PRETRAINED_HEADS or (copy_pretrained and not _targeted_inside(h, names, config)))]
             extra = [h for h in heads if h not in (config.modules_to_save or [])]

@@ -288,6 +288,24 @@ def test_a_bert_classifier_trains_its_pooler_with_the_head(tmp_path):
     assert "pooler" not in loaded.config.modules_to_save
 
 
+@pytest.mark.parametrize("peft_type", ["LAYER_FREEZE", "FISHMASK", "BITFIT", "FULL"])
+def test_the_pooler_is_trained_once_by_the_head_unless_the_method_trains_it(peft_type):
+    """Layer freezing trains the top blocks and FishMask a sparse mask of the linear layers, neither the
+    pooler: left out of the head it stayed frozen at its untrained weights and both ended at the majority
+    class on the drug reviews (docs/runs.md). Full fine-tuning trains it with the rest, so no copy."""
+    tuned = tuners.apply(tiny_model("bert", "SEQ_CLS"),
+                         tuners.config_from_dict({"peft_type": peft_type, "task_type": "SEQ_CLS"}))
+    pooler = {n for n, p in tuned.named_parameters() if p.requires_grad and ".pooler." in n}
+    if peft_type == "FULL":
+        assert tuned.config.modules_to_save == ["classifier"]
+        assert pooler == {"model.bert.pooler.dense.weight", "model.bert.pooler.dense.bias"}
+    else:
+        assert tuned.config.modules_to_save == ["classifier", "pooler"]
+        assert pooler == {"model.bert.pooler.modules_to_save.default.dense.weight",
+                          "model.bert.pooler.modules_to_save.default.dense.bias"}
+        assert len(tuned.head_parameters()) == 4
+
+
 def test_head_parameters_are_the_task_heads_not_other_copies():
     """``lm_head`` kept whole (modules_to_save) is pretrained: it learns at the run's rate, not the head's."""
     tuned = tuners.apply(tiny_model("llama"), tuners.LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"]))

@@ -61,6 +61,7 @@ def base_trainables(model: nn.Module, config: FullConfig) -> dict[str, nn.Parame
 
 METHOD = Method(
     trains_base_weights=True,
+    trains_pretrained_heads=True,
     peft_type="FULL",
     name="Full fine-tuning",
     family="baseline",
