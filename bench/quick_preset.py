@@ -2,12 +2,12 @@
 
     nice .venv/bin/python bench/quick_preset.py                             # every method, both tasks
     nice .venv/bin/python bench/quick_preset.py --task cls --methods LORA,IA3,PROMPT_TUNING
-    nice .venv/bin/python bench/quick_preset.py --fresh                     # forget earlier rows
+    nice .venv/bin/python bench/quick_preset.py --fresh --methods FISHMASK  # measure again
 
 Each run is what a person gets in the studio who picks the method, keeps its form defaults and the
 quick preset, sized for the data as the studio sizes it (``app.services.wizard.preset_values("quick",
-method, task=..., train_rows=...)``: about one epoch, two for a classifier, between 30 and 150 steps of
-batch 8; the method's declared learning rate), trained through the real engine (``worker.engine.train``):
+method, task=..., train_rows=...)``: about one epoch in 30-150 steps of batch 8, three in up to 300 for a
+classifier; the method's declared learning rate), trained through the real engine (``worker.engine.train``):
 
 - ``cls``: the bundled drug-review demo (3 sentiment classes) on the bundled all-MiniLM-L6-v2,
   sequences cut at 128 tokens. Passes when the final eval accuracy (whole validation split) beats the
@@ -18,8 +18,8 @@ batch 8; the method's declared learning rate), trained through the real engine (
 
 Resumable: every finished row is written to ``bench/results/quick_preset.json`` at once, and a later
 call skips the (task, method) pairs already there with the same preset (lr, steps, batch) and no error,
-so an interrupted table is finished by calling it again (``--fresh`` measures everything again). The
-table of every row in the file is printed at the end. A method that fails to build or train is
+so an interrupted table is finished by calling it again (``--fresh`` measures the chosen methods and
+tasks again; rows of the others stay). The table of every row in the file is printed at the end. A method that fails to build or train is
 reported with its error, not skipped.
 """
 
@@ -167,7 +167,7 @@ def main() -> int:
     ap.add_argument("--head-lr", type=float, help="a classifier head's rate (default: the studio's rule)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    ap.add_argument("--fresh", action="store_true", help="measure again the rows the results file already has")
+    ap.add_argument("--fresh", action="store_true", help="measure the chosen rows again (the others in the file stay)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "quick_preset.json"))
     args = ap.parse_args()
 
@@ -183,7 +183,7 @@ def main() -> int:
         ap.error(f"unknown methods {unknown}; choose from {', '.join(tuners.METHODS)}")
     tasks = TASKS if args.task == "both" else (args.task,)
     out = Path(args.out)
-    rows = [] if args.fresh else load_rows(out)
+    rows = load_rows(out)
     with tempfile.TemporaryDirectory(prefix="quick-preset-") as tmp:
         work = Path(tmp)
         # The demo files as the studio writes them when a person picks the demo.

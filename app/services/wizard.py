@@ -23,13 +23,14 @@ class Preset:
     """How long and how wide a preset's run is; the learning rate is always the chosen method's own
     (tuners' ``Method.learning_rate``): one rate for every method left (IA)³ and soft prompts untrained.
 
-    ``quick`` is sized by the data: about ``epochs`` passes over the training rows (``classifier_epochs``
-    for a classifier, whose new head must first learn the classes), but never fewer than ``min_steps``
-    nor more than ``max_steps`` optimizer steps, so a small dataset is really learned and a large one
-    still ends in minutes. 30 steps of batch 4, its old fixed size, saw 120 of the drug-review demo's
-    880 reviews and ended at the majority class for every method (docs/runs.md). The other presets
-    train whole epochs (``max_steps`` None). Either way about ``evals`` evals are spread over the run
-    when the data's size is known, else one every ``eval_every`` steps."""
+    ``quick`` is sized by the data: about ``epochs`` passes over the training rows, but never fewer than
+    ``min_steps`` nor more than ``max_steps`` optimizer steps, so a small dataset is really learned and a
+    large one still ends in minutes. A classifier gets ``classifier_epochs`` and ``classifier_max_steps``:
+    its new head must first learn the classes before the method can move the features it reads: on the
+    drug-review demo two passes capped at 150 steps left 11 of 15 methods at the majority class, three
+    passes (300 steps) 4, and those had causes of their own (docs/runs.md, "Presets"). The other presets
+    train whole epochs (``max_steps`` None). Either way about ``evals`` evals are spread over the run when
+    the data's size is known, else one every ``eval_every`` steps."""
 
     epochs: float
     batch_size: int
@@ -38,6 +39,7 @@ class Preset:
     max_steps: int | None = None
     min_steps: int = 0
     classifier_epochs: float | None = None
+    classifier_max_steps: int | None = None
 
     def steps(self, train_rows: int | None, task: str | None) -> int | None:
         """Optimizer steps of a capped preset (None: epochs decide); ``min_steps`` when the rows are unknown."""
@@ -45,13 +47,15 @@ class Preset:
             return None
         if not train_rows:
             return self.min_steps
-        epochs = self.classifier_epochs if task == "SEQ_CLS" and self.classifier_epochs else self.epochs
-        return max(self.min_steps, min(self.max_steps, math.ceil(epochs * train_rows / self.batch_size)))
+        classifier = task == "SEQ_CLS" and self.classifier_epochs is not None
+        epochs = self.classifier_epochs if classifier else self.epochs
+        cap = (self.classifier_max_steps or self.max_steps) if classifier else self.max_steps
+        return max(self.min_steps, min(cap, math.ceil(epochs * train_rows / self.batch_size)))
 
 
 PRESETS: dict[str, Preset] = {
-    "quick": Preset(epochs=1.0, classifier_epochs=2.0, batch_size=8, min_steps=30, max_steps=150, eval_every=10,
-                    evals=5),
+    "quick": Preset(epochs=1.0, classifier_epochs=3.0, batch_size=8, min_steps=30, max_steps=150,
+                    classifier_max_steps=300, eval_every=10, evals=5),
     "balanced": Preset(epochs=2.0, batch_size=8, eval_every=50, evals=8),
     "thorough": Preset(epochs=4.0, batch_size=8, eval_every=100, evals=10),
 }

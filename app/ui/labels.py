@@ -154,7 +154,7 @@ LABELS: dict[str, str] = {
     # --- end of method-step field labels ------------------------------------------------------------
     # train step
     "train.preset": "Preset",
-    "train.preset.info": "quick: about one pass over your data (two for a classifier), 30–150 steps · "
+    "train.preset.info": "quick: about one pass over your data, 30–150 steps (three passes, up to 300 steps, for a classifier) · "
     "balanced: 2 epochs · thorough: 4 epochs. "
     "Every preset uses the chosen method's own learning rate.",
     "train.name": "Run name",

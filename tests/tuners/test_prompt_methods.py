@@ -111,8 +111,11 @@ def test_peft_adapter_loads_in_ours_with_equal_outputs(tmp_path, family, task, o
     torch.testing.assert_close(ours(**inputs).logits, reference(**inputs).logits, atol=1e-5, rtol=1e-5)
 
 
+# A random prompt table: with a vocabulary-sampled one (the default), peft 0.21.2's cached generate on
+# transformers 5 departs from peft's own full forward after a few tokens while ours agrees with it (checked
+# by hand, 2026-12-02); the table's start does not touch the generation path, which these cases test.
 GENERATION_CASES = [
-    ("llama", "CAUSAL_LM", PromptTuningConfig(num_virtual_tokens=NVT)),
+    ("llama", "CAUSAL_LM", PromptTuningConfig(num_virtual_tokens=NVT, prompt_tuning_init="RANDOM")),
     ("llama", "CAUSAL_LM", PrefixTuningConfig(num_virtual_tokens=NVT)),
     ("gpt2", "CAUSAL_LM", PrefixTuningConfig(num_virtual_tokens=NVT)),
     ("t5", "SEQ_2_SEQ_LM", PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=NVT)),
@@ -192,6 +195,15 @@ def test_vocab_init_rows_are_vocabulary_embeddings():
         assert torch.isclose(table, row).all(dim=1).any()
 
 
+def test_a_new_prompt_starts_from_the_vocabulary_and_a_folder_without_the_key_means_peft_random():
+    """Random prompts left MiniLM at the majority class on the drug-review demo (docs/runs.md); peft's own
+    default stays what an adapter folder that omits the key means."""
+    assert PromptTuningConfig().prompt_tuning_init == "SAMPLE_VOCAB"
+    spec_values = tuners.method_for("PROMPT_TUNING").with_defaults({"peft_type": "PROMPT_TUNING"})
+    assert spec_values["prompt_tuning_init"] == "SAMPLE_VOCAB"
+    assert tuners.config_from_dict({"peft_type": "PROMPT_TUNING"}).prompt_tuning_init == "RANDOM"
+
+
 @pytest.mark.parametrize(("cfg", "field"), [
     (PromptTuningConfig(num_virtual_tokens=0), "num_virtual_tokens"),
     (PromptTuningConfig(prompt_tuning_init="TEXT"), "prompt_tuning_init_text"),
@@ -256,4 +268,5 @@ def test_prompt_alone_lowers_bert_classification_loss(cfg_cls):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.005
-    assert min(losses[-5:]) < min(losses[:5])
+    # and it stays down (a vocabulary-sampled prompt reaches the frozen classifier's floor within 5 steps)
+    assert min(losses[-5:]) <= min(losses[:5]) + 1e-6

@@ -28,7 +28,7 @@ def test_a_preset_is_sized_by_the_registered_datasets_training_rows(ctx):
     assert rows == split_sizes(view.rows, 0.1)[0] and rows > 800
     assert data_preview.training_rows(ctx, None) is None and data_preview.training_rows(ctx, "dataset:999") is None
     quick = preset_values("quick", "LORA", task="SEQ_CLS", train_rows=rows)
-    assert quick["max_steps"] == 150 and quick["batch_size"] == 8  # 2 × 881 / 8 = 221, capped
+    assert quick["max_steps"] == 300 and quick["batch_size"] == 8  # 3 × 881 / 8 = 331, capped
 
 
 def test_the_preview_is_kept_per_dataset_and_settings(ctx):

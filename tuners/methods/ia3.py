@@ -144,6 +144,6 @@ METHOD = Method(
     config_cls=IA3Config,
     inject=inject,
     summary="Learned vectors rescale attention outputs and feed-forward inputs; very few parameters; mergeable.",
-    learning_rate=3e-3,
-    learning_rate_range=(1e-3, 1e-2),
+    learning_rate=1e-2,
+    learning_rate_range=(1e-3, 3e-2),
 )

@@ -5,8 +5,11 @@ to the token embeddings of every example; the base model is untouched:
 
     model(inputs_embeds = [P ; E[input_ids]],  attention_mask = [1 … 1 ; mask],  labels = [-100 … ; labels])
 
-P starts random (N(0, 1)), from the embeddings of an init text's tokens (repeated or cut to length),
-or from the embeddings of tokens sampled from the vocabulary. P-tuning (``p_tuning.py``) reuses this
+P starts from the embeddings of tokens sampled from the vocabulary (the default here), from the
+embeddings of an init text's tokens (repeated or cut to length), or random (N(0, 1), peft's default).
+Lester et al. found sampled-vocabulary starts better than random ones, the more so the smaller the
+model; on the drug-review demo with MiniLM random ones stayed at the majority class (docs/runs.md).
+P-tuning (``p_tuning.py``) reuses this
 module's forward with P produced by an encoder. Everything here mirrors peft's PeftModel so a saved
 ``prompt_embeddings`` (nvt·n_sub × token_dim) means the same thing in both.
 """
@@ -68,8 +71,10 @@ class PromptLearningConfig(AdapterConfig):
 class PromptTuningConfig(PromptLearningConfig):
     peft_type = "PROMPT_TUNING"
 
+    peft_defaults = {"prompt_tuning_init": "RANDOM"}
+
     prompt_tuning_init: str = default_field(
-        "RANDOM", "Initial prompt: RANDOM (normal), TEXT (embeddings of an init text), SAMPLE_VOCAB (random tokens).",
+        "SAMPLE_VOCAB", "Initial prompt: RANDOM (normal), TEXT (embeddings of an init text), SAMPLE_VOCAB (random tokens).",
         choices=INIT_MODES,
     )
     prompt_tuning_init_text: str | None = default_field(None, "Text whose token embeddings start the prompt (TEXT).")
@@ -136,6 +141,8 @@ class SoftPrompt(nn.Module):
         super().__init__()
         total = config.total_virtual_tokens
         self.embedding = nn.Embedding(total, config.token_dim)
+        if embeddings.weight.is_meta:  # a shape-only model (the studio's trainable count): no values to copy
+            return
         init_ids = _init_token_ids(config, embeddings.weight.shape[0], total)
         if init_ids is not None:
             with torch.no_grad():
