@@ -41,6 +41,10 @@ class Preset:
     classifier_epochs: float | None = None
     classifier_max_steps: int | None = None
 
+    def epochs_for(self, task: str | None) -> float:
+        """The passes this preset aims at for the task (the train step's Epochs field shows it)."""
+        return self.classifier_epochs if task == "SEQ_CLS" and self.classifier_epochs is not None else self.epochs
+
     def steps(self, train_rows: int | None, task: str | None) -> int | None:
         """Optimizer steps of a capped preset (None: epochs decide); ``min_steps`` when the rows are unknown."""
         if self.max_steps is None:
@@ -48,9 +52,8 @@ class Preset:
         if not train_rows:
             return self.min_steps
         classifier = task == "SEQ_CLS" and self.classifier_epochs is not None
-        epochs = self.classifier_epochs if classifier else self.epochs
         cap = (self.classifier_max_steps or self.max_steps) if classifier else self.max_steps
-        return max(self.min_steps, min(cap, math.ceil(epochs * train_rows / self.batch_size)))
+        return max(self.min_steps, min(cap, math.ceil(self.epochs_for(task) * train_rows / self.batch_size)))
 
 
 PRESETS: dict[str, Preset] = {
@@ -75,11 +78,11 @@ def preset_values(preset: str, peft_type: str, *, task: str | None = None,
     p = PRESETS[preset]
     steps = p.steps(train_rows, task)
     if train_rows:
-        total = steps or math.ceil(p.epochs * train_rows / p.batch_size)
+        total = steps or math.ceil(p.epochs_for(task) * train_rows / p.batch_size)
         eval_every = max(5, math.ceil(total / p.evals))
     else:
         eval_every = p.eval_every
-    return {"epochs": p.epochs, "batch_size": p.batch_size, "max_steps": steps or 0, "eval_every": eval_every,
+    return {"epochs": p.epochs_for(task), "batch_size": p.batch_size, "max_steps": steps or 0, "eval_every": eval_every,
             "learning_rate": tuners.method_for(peft_type).learning_rate}
 
 

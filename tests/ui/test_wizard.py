@@ -84,6 +84,7 @@ def test_the_quick_preset_is_sized_by_the_data_and_the_task():
     cls = preset_values("quick", "LORA", task="SEQ_CLS", train_rows=880)
     causal = preset_values("quick", "LORA", task="CAUSAL_LM", train_rows=880)
     assert (cls["max_steps"], cls["batch_size"]) == (300, 8) and causal["max_steps"] == 110
+    assert (cls["epochs"], causal["epochs"]) == (3.0, 1.0)  # the Epochs field says what the steps aim at
     assert preset_values("quick", "LORA", task="SEQ_CLS", train_rows=400)["max_steps"] == 150  # 3 × 400 / 8
     assert preset_values("quick", "LORA", task="SEQ_CLS", train_rows=10**6)["max_steps"] == 300  # its cap
     assert preset_values("quick", "LORA", task="CAUSAL_LM", train_rows=40)["max_steps"] == 30  # the floor
