@@ -19,8 +19,8 @@ classifier; the method's declared learning rate), trained through the real engin
 Resumable: every finished row is written to ``bench/results/quick_preset.json`` at once, and a later
 call skips the (task, method) pairs already there with the same preset (lr, steps, batch) and no error,
 so an interrupted table is finished by calling it again (``--fresh`` measures the chosen methods and
-tasks again; rows of the others stay). The table of every row in the file is printed at the end. A method that fails to build or train is
-reported with its error, not skipped.
+tasks again; rows of the others stay). The table of every row in the file is printed at the end. A
+method that fails to build or train is reported with its error, not skipped.
 """
 
 from __future__ import annotations

@@ -41,9 +41,12 @@ class Preset:
     classifier_epochs: float | None = None
     classifier_max_steps: int | None = None
 
+    def _sized_as_classifier(self, task: str | None) -> bool:
+        return task == "SEQ_CLS" and self.classifier_epochs is not None
+
     def epochs_for(self, task: str | None) -> float:
         """The passes this preset aims at for the task (the train step's Epochs field shows it)."""
-        return self.classifier_epochs if task == "SEQ_CLS" and self.classifier_epochs is not None else self.epochs
+        return self.classifier_epochs if self._sized_as_classifier(task) else self.epochs
 
     def steps(self, train_rows: int | None, task: str | None) -> int | None:
         """Optimizer steps of a capped preset (None: epochs decide); ``min_steps`` when the rows are unknown."""
@@ -51,8 +54,7 @@ class Preset:
             return None
         if not train_rows:
             return self.min_steps
-        classifier = task == "SEQ_CLS" and self.classifier_epochs is not None
-        cap = (self.classifier_max_steps or self.max_steps) if classifier else self.max_steps
+        cap = (self.classifier_max_steps or self.max_steps) if self._sized_as_classifier(task) else self.max_steps
         return max(self.min_steps, min(cap, math.ceil(self.epochs_for(task) * train_rows / self.batch_size)))
 
 
@@ -82,8 +84,8 @@ def preset_values(preset: str, peft_type: str, *, task: str | None = None,
         eval_every = max(5, math.ceil(total / p.evals))
     else:
         eval_every = p.eval_every
-    return {"epochs": p.epochs_for(task), "batch_size": p.batch_size, "max_steps": steps or 0, "eval_every": eval_every,
-            "learning_rate": tuners.method_for(peft_type).learning_rate}
+    return {"epochs": p.epochs_for(task), "batch_size": p.batch_size, "max_steps": steps or 0,
+            "eval_every": eval_every, "learning_rate": tuners.method_for(peft_type).learning_rate}
 
 
 @dataclass(frozen=True)

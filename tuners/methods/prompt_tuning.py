@@ -9,9 +9,9 @@ P starts from the embeddings of tokens sampled from the vocabulary (the default 
 embeddings of an init text's tokens (repeated or cut to length), or random (N(0, 1), peft's default).
 Lester et al. found sampled-vocabulary starts better than random ones, the more so the smaller the
 model; on the drug-review demo with MiniLM random ones stayed at the majority class (docs/runs.md).
-P-tuning (``p_tuning.py``) reuses this
-module's forward with P produced by an encoder. Everything here mirrors peft's PeftModel so a saved
-``prompt_embeddings`` (nvt·n_sub × token_dim) means the same thing in both.
+P-tuning (``p_tuning.py``) reuses this module's forward with P produced by an encoder. Everything here
+mirrors peft's PeftModel so a saved ``prompt_embeddings`` (nvt·n_sub × token_dim) means the same thing
+in both.
 """
 
 from __future__ import annotations
@@ -70,7 +70,6 @@ class PromptLearningConfig(AdapterConfig):
 @dataclass
 class PromptTuningConfig(PromptLearningConfig):
     peft_type = "PROMPT_TUNING"
-
     peft_defaults = {"prompt_tuning_init": "RANDOM"}
 
     prompt_tuning_init: str = default_field(
